@@ -1,0 +1,66 @@
+# ML60 - one target per milestone.  `make help` lists them all.
+#
+#   make quickstart            install into .venv, run every built milestone in quick mode
+#   make test                  install into .venv, run the pytest checks
+#   make p1-numpy QUICK=1      one milestone (QUICK=1: seconds on tiny data)
+#   make p2-cnn DEVICE=cuda    on a GPU (auto = cuda, then mps, then cpu)
+#   make p1-train DATA_DIR=/datasets   where the datasets live (default ./data)
+
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.ml60-installed
+DEVICE  ?= auto
+QUICK   ?= 0
+ARGS    ?=
+PYTEST_ARGS ?=
+
+export ML60_DEVICE := $(DEVICE)
+export QUICK
+# Only a DATA_DIR that was asked for reaches the code: it also switches on the
+# real-data tests, which must then find the data or fail.
+ifdef DATA_DIR
+export ML60_DATA_DIR := $(abspath $(DATA_DIR))
+endif
+
+MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
+QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
+
+.DEFAULT_GOAL := help
+.PHONY: help install quickstart test progress phase1 phase2 phase3 bench clean $(MILESTONES)
+
+help:
+	@$(PYTHON) -m ml60 help
+
+# The venv is created when missing and the project (re)installed whenever
+# pyproject.toml changes.  pip takes torch from the local wheel cache when the
+# machine has one, otherwise from the package index.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --disable-pip-version-check -q -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) -m ml60 quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+progress: $(STAMP)
+	@$(PY) -m ml60 progress
+
+$(MILESTONES): $(STAMP)
+	$(PY) -m ml60 run $@ $(QUICK_FLAG) $(ARGS)
+
+phase1 phase2 phase3: $(STAMP)
+	$(PY) -m ml60 phase $(subst phase,,$@) $(QUICK_FLAG) $(ARGS)
+
+bench: $(STAMP)
+	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmark scripts yet in benchmarks/"; exit 2; }
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script $(QUICK_FLAG) || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from ml60.cli import main
+
+sys.exit(main())

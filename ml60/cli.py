@@ -1,0 +1,181 @@
+"""The front door: ``python -m ml60 <command>`` (what the Makefile calls).
+
+Commands:
+    help                 every milestone with its days and what it teaches
+    ids                  milestone ids, one per line (the Makefile reads this)
+    run ID [ARGS...]     run one milestone (ARGS go to its script, e.g. --quick)
+    phase N [ARGS...]    run every built milestone of phase N in order
+    quickstart           every built milestone in quick mode, then a summary table
+    progress             per milestone: built? run? key figure? check passing?
+
+``help`` and ``ids`` use only the standard library, so they work before install.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from common.runs import runs_root  # standard library only, like this module
+from ml60.milestones import MILESTONES, PHASE_TITLES, Milestone, by_id, in_phase
+
+
+def cmd_help() -> int:
+    print("ML60: sixty days of machine learning, one milestone at a time.\n")
+    print("Set-up and checks:")
+    for target, text in (("make quickstart", "install, then run every built milestone in quick mode"),
+                         ("make test", "install, then run the pytest checks"),
+                         ("make progress", "which milestones have a run, and whether its check passes"),
+                         ("make phase1|2|3", "run every built milestone of a phase"),
+                         ("make bench", "speed benchmarks (see benchmarks/)")):
+        print(f"  {target:<18} {text}")
+    for phase, title in PHASE_TITLES.items():
+        print(f"\n{title}")
+        for m in in_phase(phase):
+            state = "" if m.built else "   (not built yet)"
+            print(f"  make {m.id:<12} days {m.days:<6} {m.summary}{state}")
+    print("\nOptions for any milestone target: QUICK=1 (seconds, tiny data), DEVICE=auto|cpu|cuda|mps,")
+    print("DATA_DIR=path (where datasets live; default ./data), ARGS='--flag value' (passed to the script).")
+    print("Check one milestone with: .venv/bin/python -m pytest -m <id>")
+    return 0
+
+
+def cmd_ids() -> int:
+    print("\n".join(m.id for m in MILESTONES))
+    return 0
+
+
+def run_milestone(m: Milestone, extra: list[str]) -> int:
+    if not m.built:
+        print(f"{m.id} (days {m.days}) is not built yet: its module {m.module} does not exist in this checkout.",
+              file=sys.stderr)
+        return 2
+    print(f"\n=== {m.id} (days {m.days}): {m.summary} ===", flush=True)
+    return subprocess.call([sys.executable, "-m", m.module, *extra])
+
+
+def cmd_run(args: list[str]) -> int:
+    if not args:
+        print("usage: python -m ml60 run ID [ARGS...]", file=sys.stderr)
+        return 2
+    try:
+        m = by_id(args[0])
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    return run_milestone(m, args[1:])
+
+
+def cmd_phase(args: list[str]) -> int:
+    if not args or args[0] not in ("1", "2", "3"):
+        print("usage: python -m ml60 phase 1|2|3 [ARGS...]", file=sys.stderr)
+        return 2
+    built = [m for m in in_phase(int(args[0])) if m.built]
+    if not built:
+        print(f"phase {args[0]} has no built milestone yet", file=sys.stderr)
+        return 2
+    for m in built:
+        code = run_milestone(m, args[1:])
+        if code:
+            return code
+    return 0
+
+
+def read_metrics(m: Milestone) -> dict | None:
+    path = runs_root() / m.id / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"_unreadable": str(path)}
+
+
+def key_figure_text(metrics: dict | None) -> str:
+    if not metrics:
+        return "-"
+    figure = metrics.get("key_figure") or {}
+    return str(figure.get("display") or figure.get("value") or "-")
+
+
+def cmd_quickstart() -> int:
+    built = [m for m in MILESTONES if m.built]
+    print(f"ML60 quickstart: {len(built)} of {len(MILESTONES)} milestones are built; running each in quick mode.")
+    print("Quick mode uses small data. Where a real dataset is missing it uses an offline stand-in, and says so.")
+    rows, failed = [], 0
+    start_all = time.perf_counter()
+    for m in built:
+        start = time.perf_counter()
+        code = run_milestone(m, ["--quick"])
+        seconds = time.perf_counter() - start
+        metrics = read_metrics(m) if code == 0 else None
+        if code:
+            failed += 1
+        data = "" if not metrics else ("real data" if metrics.get("data", {}).get("real_data", True)
+                                       else "offline stand-in")
+        rows.append((m.id, "FAILED (exit %d)" % code if code else key_figure_text(metrics), data,
+                     f"{seconds:.0f}s", str(runs_root() / m.id) + "/"))
+    print("\n" + _table(("milestone", "key figure", "data", "time", "output"), rows))
+    not_built = [m.id for m in MILESTONES if not m.built]
+    if not_built:
+        print(f"\nNot built yet: {', '.join(not_built)}")
+    print(f"\nTotal {time.perf_counter() - start_all:.0f}s. Next: `make help` for the full runs, "
+          "`make progress` to see where you are, `make test` for the checks.")
+    return 1 if failed else 0
+
+
+def cmd_progress() -> int:
+    rows = []
+    for m in MILESTONES:
+        if not m.built:
+            rows.append((m.id, m.days, "not built yet", "-", "-"))
+            continue
+        metrics = read_metrics(m)
+        if metrics is None:
+            rows.append((m.id, m.days, "no run yet", "-", f"make {m.id}"))
+            continue
+        if "_unreadable" in metrics:
+            rows.append((m.id, m.days, "run folder damaged", "-", f"unreadable {metrics['_unreadable']}"))
+            continue
+        kind = "quick run" if metrics.get("quick") else "full run"
+        when = metrics.get("finished_utc", "?")
+        rows.append((m.id, m.days, f"{kind} {when}", key_figure_text(metrics), _check(m, metrics)))
+    print(_table(("milestone", "days", "run", "key figure", "check"), rows))
+    return 0
+
+
+def _check(m: Milestone, metrics: dict) -> str:
+    import importlib
+
+    module = importlib.import_module(m.module)
+    check = getattr(module, "check", None)
+    if check is None:
+        return "no check defined"
+    problems = check(metrics)
+    return "PASS" if not problems else "FAIL: " + "; ".join(problems)
+
+
+def _table(header: tuple, rows: list[tuple]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*header), line.format(*("-" * w for w in widths))]
+    out += [line.format(*map(str, row)) for row in rows]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command, rest = (argv[0], argv[1:]) if argv else ("help", [])
+    commands = {"help": lambda: cmd_help(), "ids": lambda: cmd_ids(), "run": lambda: cmd_run(rest),
+                "phase": lambda: cmd_phase(rest), "quickstart": lambda: cmd_quickstart(),
+                "progress": lambda: cmd_progress()}
+    if command not in commands:
+        print(f"unknown command {command!r}; commands: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    return commands[command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

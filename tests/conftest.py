@@ -1,0 +1,56 @@
+"""Shared fixtures: generated datasets in the real file formats, and the real-data switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import formats
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, tmp_path_factory):
+    """No downloads in unit tests, and a cache folder of the test session's own."""
+    monkeypatch.setenv("ML60_OFFLINE", "1")
+    monkeypatch.setenv("ML60_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ml60-cache"))
+    monkeypatch.delenv("DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The folder ``ML60_DATA_DIR`` points at (``make test DATA_DIR=...``, and CI).
+
+    Unset: real-data tests are skipped (a laptop without the data).  Set: they
+    run, and fail if the data is not there. Never a silent pass.
+    """
+    value = os.environ.get("ML60_DATA_DIR")
+    if not value:
+        pytest.skip("real-data test: run `make test DATA_DIR=<folder with MNIST/raw>` to enable")
+    return Path(value)
+
+
+def make_mnist_arrays(n_train: int = 60, n_test: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), np.arange(n_train, dtype=np.uint8) % 10,
+            rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), np.arange(n_test, dtype=np.uint8) % 10)
+
+
+def write_mnist_folder(root: Path, *, gz: bool = True, arrays=None) -> Path:
+    """Write the four MNIST IDX files into ``root/MNIST/raw`` (gzipped or plain)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    tx, ty, vx, vy = arrays or make_mnist_arrays()
+    suffix = ".gz" if gz else ""
+    for stem, array in (("train-images-idx3-ubyte", tx), ("train-labels-idx1-ubyte", ty),
+                        ("t10k-images-idx3-ubyte", vx), ("t10k-labels-idx1-ubyte", vy)):
+        formats.write_idx(raw / f"{stem}{suffix}", array)
+    return raw
+
+
+@pytest.fixture
+def mnist_folder(tmp_path) -> Path:
+    write_mnist_folder(tmp_path)
+    return tmp_path

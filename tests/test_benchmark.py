@@ -1,0 +1,102 @@
+"""Benchmark statistics on callables of known duration, and the interleaving of comparisons."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from common.benchmark import (LatencyStats, compare, environment_stamp, measure_latency, measure_throughput,
+                              percentile, save_result, torch_threads)
+
+pytestmark = pytest.mark.foundation
+
+
+class FakeClock:
+    """A clock that the timed callable advances by an exact, scripted amount."""
+
+    def __init__(self, durations_s):
+        self.now, self.durations = 0.0, list(durations_s)
+
+    def __call__(self):
+        return self.now
+
+    def work(self):
+        self.now += self.durations.pop(0)
+
+
+def test_statistics_are_exact_on_a_scripted_clock():
+    durations = [i / 1000 for i in range(1, 101)]  # 1 ms, 2 ms, ... 100 ms
+    clock = FakeClock([0.5] * 3 + durations)       # three warm-up calls of 500 ms, discarded
+    stats = measure_latency(clock.work, warmup=3, repeats=100, clock=clock)
+    assert stats.n == 100 and stats.min_ms == pytest.approx(1) and stats.max_ms == pytest.approx(100)
+    assert stats.mean_ms == pytest.approx(50.5)
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p95_ms == pytest.approx(95.05)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert stats.std_ms == pytest.approx(29.011, abs=1e-3)
+    assert stats.items_per_s(8) == pytest.approx(8 * 1000 / 50.5)
+
+
+def test_percentile_matches_numpy():
+    import numpy as np
+
+    values = sorted(np.random.default_rng(0).exponential(size=333).tolist())
+    for q in (0, 50, 90, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_real_callable_of_known_duration():
+    def busy_2ms():
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+
+    stats = measure_latency(busy_2ms, warmup=2, repeats=30)
+    assert 2.0 <= stats.p50_ms < 4.0, stats
+    assert stats.min_ms <= stats.p50_ms <= stats.p95_ms <= stats.p99_ms <= stats.max_ms
+    throughput = measure_throughput(busy_2ms, items_per_call=10, warmup=1, repeats=10)
+    assert 2500 < throughput["items_per_s"] <= 5000
+
+
+def test_compare_interleaves_rounds_and_reports_ratios():
+    calls = []
+    durations = {"slow": 0.004, "fast": 0.001}
+    clock = FakeClock([])
+
+    def make(name):
+        def run():
+            calls.append(name)
+            clock.now += durations[name]
+        return run
+
+    result = compare({"slow": make("slow"), "fast": make("fast")}, rounds=4, repeats=3, warmup=1, clock=clock)
+    assert result.order == ["slow", "fast", "fast", "slow", "slow", "fast", "fast", "slow"]
+    assert calls[:2] == ["slow", "fast"]  # warm-up of each, then the rounds
+    assert result.baseline == "slow"
+    assert result.speedup_vs_baseline["fast"] == pytest.approx(4.0)
+    assert result.speedup_vs_baseline["slow"] == pytest.approx(1.0)
+    assert result.stats["fast"].n == 12 and result.stats["fast"].p50_ms == pytest.approx(1.0)
+    assert "| fast |" in result.table()
+
+
+def test_thread_count_is_restored():
+    import torch
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_environment_stamp_and_saved_result(tmp_path):
+    stamp = environment_stamp()
+    for key in ("cpu", "logical_cores", "torch", "onnxruntime", "numpy", "python", "cuda_available",
+                "torch_threads", "timestamp_utc"):
+        assert key in stamp, key
+    assert stamp["logical_cores"] >= 1 and stamp["cpu"]
+    path = save_result("unit", {"stats": LatencyStats.from_seconds([0.001, 0.002]).to_dict()}, directory=tmp_path)
+    saved = json.loads(path.read_text())
+    assert path.name == "unit.json" and saved["environment"]["torch"] == stamp["torch"]
+    assert saved["result"]["stats"]["mean_ms"] == pytest.approx(1.5)

@@ -1,0 +1,69 @@
+"""The command line and the Makefile: help lists every milestone, progress and quickstart behave."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ml60 import cli
+from ml60.milestones import MILESTONES, by_id
+
+pytestmark = pytest.mark.foundation
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_registry_matches_the_design_card():
+    ids = [m.id for m in MILESTONES]
+    assert ids == ["p1-numpy", "p1-autograd", "p1-manual", "p1-train", "p1-refactor", "p2-data", "p2-cnn",
+                   "p2-eval", "p2-search", "p3-onnx", "p3-serve", "p3-deploy", "p3-monitor"]
+    days = [d for m in MILESTONES for d in range(int(m.days.split("-")[0]), int(m.days.split("-")[1]) + 1)]
+    assert days == list(range(1, 61)), "the milestones cover days 1-60 once each"
+    with pytest.raises(KeyError, match="unknown milestone"):
+        by_id("p4-magic")
+
+
+def test_every_milestone_has_a_pytest_marker():
+    import tomllib
+
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    declared = {m.split(":")[0] for m in markers}
+    assert {m.id for m in MILESTONES} <= declared
+
+
+def test_make_help_lists_every_milestone_with_its_days():
+    out = subprocess.run(["make", "-s", "help", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    for m in MILESTONES:
+        assert f"make {m.id}" in out and f"days {m.days}" in out
+    assert "make quickstart" in out and "make test" in out and "QUICK=1" in out and "DEVICE=" in out
+
+
+def test_unbuilt_milestone_says_so(capsys, monkeypatch):
+    fake = type(MILESTONES[0])("p9-x", "1-1", 1, "phase1_foundation.does_not_exist", "nothing")
+    assert cli.run_milestone(fake, []) == 2
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_progress_reports_runs_and_checks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    built = [m for m in MILESTONES if m.built]
+    if built:
+        damaged = tmp_path / built[0].id
+        damaged.mkdir()
+        (damaged / "metrics.json").write_text("{not json")
+    assert cli.main(["progress"]) == 0
+    out = capsys.readouterr().out
+    for m in MILESTONES:
+        assert m.id in out
+    if built:
+        assert "run folder damaged" in out
+    assert ("not built yet" in out) == any(not m.built for m in MILESTONES)
+
+
+def test_unknown_command_and_milestone():
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["run", "p4-magic"]) == 2
