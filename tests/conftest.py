@@ -54,3 +54,11 @@ def write_mnist_folder(root: Path, *, gz: bool = True, arrays=None) -> Path:
 def mnist_folder(tmp_path) -> Path:
     write_mnist_folder(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(items):
+    """Let ``-m p1_numpy`` select what ``-m p1-numpy`` selects (both spellings are registered)."""
+    for item in items:
+        for mark in list(item.iter_markers()):
+            if mark.name.startswith(("p1-", "p2-", "p3-")):
+                item.add_marker(mark.name.replace("-", "_"))
