@@ -1,0 +1,230 @@
+"""p1-autograd (days 4-7): tensors, devices, and how PyTorch computes gradients for you.
+
+What to take from it:
+
+1. **Tensors and devices**: a tensor is an n-dimensional array with a dtype
+   and a device; ``.to(device)`` moves it; ``torch.from_numpy`` shares memory.
+2. **The graph**: every operation on a tensor that requires grad records a
+   node (``grad_fn``); ``backward()`` walks those nodes from the loss back to
+   the leaves.  We print the walk and draw it.
+3. **.data vs .detach()**: both give a tensor outside the graph that shares
+   storage.  Change it in place and ``.detach()`` makes ``backward()`` raise
+   (the graph notices its saved value changed); ``.data`` lets it through and
+   you get a silently wrong gradient.  Prefer ``.detach()``.
+4. **Why zero_grad()**: ``backward()`` adds into ``.grad``; call it twice
+   without clearing and the gradient doubles.
+5. **no_grad / inference_mode**: turn graph recording off for evaluation;
+   inference tensors cannot be fed back into autograd.
+
+Every demonstration is asserted, so the lesson fails loudly if a future
+PyTorch changes the behaviour it describes.
+
+Run: ``make p1-autograd``.  Writes ``runs/p1-autograd/``: ``metrics.json``, ``graph.png``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.device import resolve_device
+from common.plots import save
+from common.script import finish_run, milestone_parser, start_run
+
+MILESTONE = "p1-autograd"
+
+
+def tensors_and_devices(device: torch.device) -> dict:
+    print("\n-- 1. Tensors and devices --")
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    print(f"x = {x.tolist()}  shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}")
+    moved = x.to(device)
+    print(f"x.to('{device}') lives on {moved.device}; operations need both operands on one device")
+    array = np.zeros(3, dtype=np.float32)
+    shared = torch.from_numpy(array)
+    array[0] = 42.0
+    print(f"torch.from_numpy shares memory: after changing the NumPy array, the tensor reads {shared.tolist()}")
+    assert shared[0].item() == 42.0
+    return {"device": str(device), "from_numpy_shares_memory": bool(shared[0].item() == 42.0)}
+
+
+def walk_graph(root, names: dict[int, str] | None = None) -> list[tuple[int, str]]:
+    """Depth-first walk of ``grad_fn`` nodes: (depth, node name), leaves shown as AccumulateGrad.
+
+    ``names`` maps ``id(tensor)`` to a label for the leaves, so the walk can say ``w`` not just a shape.
+    """
+    names = names or {}
+    lines, seen = [], set()
+
+    def visit(fn, depth):
+        if fn is None:
+            return
+        name = type(fn).__name__
+        if name == "AccumulateGrad":
+            var = fn.variable
+            name = f"AccumulateGrad -> leaf {names.get(id(var), '')} {tuple(var.shape)}"
+        lines.append((depth, name))
+        if id(fn) in seen:
+            return
+        seen.add(id(fn))
+        for child, _ in fn.next_functions:
+            visit(child, depth + 1)
+
+    visit(root, 0)
+    return lines
+
+
+def the_graph(run_dir) -> dict:
+    print("\n-- 2. The computational graph: loss = ((x @ w + b).relu() ** 2).mean() --")
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    w = torch.randn(3, 2, requires_grad=True)
+    b = torch.zeros(2, requires_grad=True)
+    loss = ((x @ w + b).relu() ** 2).mean()
+    nodes = walk_graph(loss.grad_fn, {id(w): "w", id(b): "b"})
+    for depth, name in nodes:
+        print("  " + "   " * depth + name)
+    print("  (x is not in the walk: it does not require grad, so autograd keeps no path to it)")
+    loss.backward()
+    # Check autograd against the gradient written by hand: d/dw mean(relu(z)^2) = x^T (2 relu(z)) / N
+    z = x @ w.detach() + b.detach()
+    by_hand_w = x.T @ (2 * z.relu()) / z.numel()
+    matches = torch.allclose(w.grad, by_hand_w, atol=1e-6)
+    print(f"backward() filled w.grad {tuple(w.grad.shape)}; equal to the hand-derived x^T 2relu(z)/N: {matches}")
+    assert matches
+    _draw_graph(nodes, run_dir / "graph.png")
+    return {"nodes": [name for _, name in nodes], "leaf_count": sum("leaf" in n for _, n in nodes),
+            "autograd_matches_hand_gradient": matches}
+
+
+def data_versus_detach() -> dict:
+    print("\n-- 3. .data versus .detach(): the same in-place change, two outcomes --")
+    a = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    expected = torch.sigmoid(a.detach()) * (1 - torch.sigmoid(a.detach()))  # d sigmoid / da
+
+    out = a.sigmoid()          # sigmoid's backward reuses its output, so autograd saves it
+    out.detach().zero_()       # shares storage with out: the saved value is now wrong
+    try:
+        out.sum().backward()
+        detach_error = None
+    except RuntimeError as exc:
+        detach_error = str(exc).splitlines()[0]
+    print(f"via .detach(): backward() raises\n  RuntimeError: {detach_error[:110]}...")
+
+    a.grad = None
+    out = a.sigmoid()
+    out.data.zero_()           # same change, but .data hides it from autograd's version counter
+    out.sum().backward()
+    silently_wrong = not torch.allclose(a.grad, expected)
+    print(f"via .data:    backward() runs and gives {a.grad.tolist()}; the right answer is "
+          f"{[round(v, 4) for v in expected.tolist()]}. Silently wrong: {silently_wrong}")
+    assert detach_error is not None and "modified by an inplace operation" in detach_error
+    assert silently_wrong and torch.all(a.grad == 0)
+    return {"detach_raises": detach_error is not None, "detach_error": detach_error,
+            "data_gradient": a.grad.tolist(), "correct_gradient": expected.tolist(),
+            "data_gives_silently_wrong_gradient": silently_wrong}
+
+
+def why_zero_grad() -> dict:
+    print("\n-- 4. Why zero_grad(): gradients accumulate --")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def loss():
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    loss().backward()
+    once = model.weight.grad.clone()
+    loss().backward()          # no zero_grad in between
+    twice = model.weight.grad.clone()
+    model.zero_grad()
+    print(f"grad after one backward:  {once.flatten().tolist()}")
+    print(f"grad after two backwards: {twice.flatten().tolist()}  (exactly double)")
+    print(f"after zero_grad():        {model.weight.grad}  (None: set_to_none is the default)")
+    doubled = torch.allclose(twice, 2 * once)
+    assert doubled and model.weight.grad is None
+    return {"doubles_without_zero_grad": doubled, "grad_once": once.flatten().tolist(),
+            "grad_twice": twice.flatten().tolist()}
+
+
+def no_grad_and_inference_mode() -> dict:
+    print("\n-- 5. no_grad and inference_mode: evaluation without a graph --")
+    w = torch.randn(3, requires_grad=True)
+    with torch.no_grad():
+        y = w * 2
+    print(f"under no_grad: y.requires_grad = {y.requires_grad}, y.grad_fn = {y.grad_fn}")
+    with torch.inference_mode():
+        z = w * 2
+    print(f"under inference_mode: z.is_inference() = {z.is_inference()}")
+    try:
+        (z * w).sum().backward()
+        inference_error = None
+    except RuntimeError as exc:
+        inference_error = str(exc).splitlines()[0]
+    print(f"feeding an inference tensor back into autograd raises:\n  RuntimeError: {inference_error[:110]}")
+    assert not y.requires_grad and z.is_inference() and inference_error is not None
+    return {"no_grad_records_nothing": not y.requires_grad, "inference_tensor": z.is_inference(),
+            "inference_tensor_in_autograd_raises": inference_error is not None}
+
+
+def _draw_graph(nodes: list[tuple[int, str]], path) -> None:
+    """Draw the walk as boxes by depth: the loss on top, the leaves at the bottom."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(nodes) + 1))
+    positions = {}
+    for row, (depth, name) in enumerate(nodes):
+        x, y = depth, -row
+        positions[row] = (x, y)
+        color = "#cde6c8" if "leaf" in name else "#dde3f5"
+        ax.text(x, y, name, ha="left", va="center", fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.3", facecolor=color, edgecolor="#667"))
+        parent = next((r for r in range(row - 1, -1, -1) if nodes[r][0] == depth - 1), None)
+        if parent is not None:
+            px, py = positions[parent]
+            ax.annotate("", xy=(x - 0.05, y), xytext=(px + 0.1, py - 0.25),
+                        arrowprops=dict(arrowstyle="->", color="#667"))
+    ax.set_xlim(-0.3, max(d for d, _ in nodes) + 3.5)
+    ax.set_ylim(-len(nodes), 1)
+    ax.axis("off")
+    ax.set_title("backward() walks grad_fn from the loss (top) to the leaves (green)")
+    save(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = milestone_parser(MILESTONE, __doc__)
+    args = parser.parse_args(argv)
+    run_dir = start_run(MILESTONE, args)
+    print(__doc__.split("\n\n")[0])
+    results = {
+        "tensors": tensors_and_devices(resolve_device(args.device)),
+        "graph": the_graph(run_dir),
+        "data_vs_detach": data_versus_detach(),
+        "zero_grad": why_zero_grad(),
+        "no_grad": no_grad_and_inference_mode(),
+    }
+    passed = sum(_all_true(v) for v in results.values())
+    print(f"\nResult: {passed}/{len(results)} demonstrations behaved as described. Wrote {run_dir}/graph.png")
+    return finish_run(run_dir, MILESTONE, args,
+                      key_figure={"name": "demonstrations_passed", "value": passed,
+                                  "display": f"{passed}/{len(results)} autograd demonstrations hold"},
+                      demonstrations=results, demonstrations_passed=passed, demonstrations_total=len(results))
+
+
+def _all_true(section: dict) -> bool:
+    flags = [v for k, v in section.items() if isinstance(v, bool)]
+    return bool(flags) and all(flags)
+
+
+def check(metrics: dict) -> list[str]:
+    """Problems with a p1-autograd run; empty when every demonstration held."""
+    problems = [f"demonstration '{name}' did not behave as described"
+                for name, section in metrics.get("demonstrations", {}).items() if not _all_true(section)]
+    if metrics.get("demonstrations_total", 0) < 5:
+        problems.append("fewer than 5 demonstrations recorded")
+    return problems
+
+
+if __name__ == "__main__":
+    main()
