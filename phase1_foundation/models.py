@@ -1,0 +1,95 @@
+"""Phase 1's models: the seed's SimpleNet, its raw-tensor twin, and two points of comparison.
+
+``SimpleNet`` is the network the curriculum starts from: two ``nn.Linear``
+layers and a ReLU, written out in ``forward`` rather than hidden in
+``nn.Sequential`` so you can see every step.  ``RawTwoLayerNet`` is the same
+function with no ``nn.Module`` at all.  ``WideMLP`` and ``SmallCNN`` answer
+"why 97-98% and not 99%" in p1-train.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SimpleNet(nn.Module):
+    """784 -> 128 -> ReLU -> 10: the seed's two-layer MNIST network."""
+
+    def __init__(self, hidden: int = 128):
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, hidden)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(x.size(0), -1)   # (N, 1, 28, 28) -> (N, 784)
+        x = F.relu(self.fc1(x))
+        return self.fc2(x)          # logits; the loss applies softmax
+
+
+class RawTwoLayerNet:
+    """SimpleNet from raw tensors: parameters with ``requires_grad`` and a hand-written SGD step.
+
+    ``nn.Linear`` stores its weight as ``(out_features, in_features)`` and
+    computes ``x @ W.T + b``; we keep that layout so weights copy across as-is.
+    """
+
+    def __init__(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor):
+        self.params = [t.detach().clone().requires_grad_(True) for t in (w1, b1, w2, b2)]
+
+    @classmethod
+    def from_simple_net(cls, net: SimpleNet) -> "RawTwoLayerNet":
+        return cls(net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = self.params
+        x = x.view(x.size(0), -1)
+        hidden = (x @ w1.T + b1).clamp(min=0)   # ReLU is max(x, 0)
+        return hidden @ w2.T + b2
+
+    def sgd_step(self, lr: float) -> None:
+        """w <- w - lr * dL/dw, outside the graph, then clear the gradients."""
+        with torch.no_grad():
+            for p in self.params:
+                p -= lr * p.grad
+                p.grad = None
+
+
+class WideMLP(nn.Module):
+    """784 -> 1024 -> 1024 -> 10: more capacity, still no notion of 'nearby pixels'."""
+
+    def __init__(self, hidden: int = 1024):
+        super().__init__()
+        self.fc1 = nn.Linear(784, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class SmallCNN(nn.Module):
+    """Two 5x5 convolutions with pooling, then a small classifier.
+
+    A convolution reuses one small filter at every position: it builds in that
+    a stroke means the same thing wherever it is, which an MLP has to learn
+    separately for every pixel.  That prior is what gets past 99%.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)   # 28x28 -> pool -> 14x14
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)  # 14x14 -> pool -> 7x7
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
