@@ -28,7 +28,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test progress phase1 phase2 phase3 bench clean $(MILESTONES)
+.PHONY: help install quickstart test progress phase1 phase2 phase3 bench bench-p1 clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -57,6 +57,10 @@ $(MILESTONES): $(STAMP)
 
 phase1 phase2 phase3: $(STAMP)
 	$(PY) -m ml60 phase $(subst phase,,$@) $(QUICK_FLAG) $(ARGS)
+
+# Benchmarks measure speed side by side and write benchmarks/results/<name>.json.
+bench-p1: $(STAMP)
+	$(PY) benchmarks/bench_p1.py $(QUICK_FLAG) $(ARGS)
 
 bench: $(STAMP)
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmark scripts yet in benchmarks/"; exit 2; }

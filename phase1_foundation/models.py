@@ -80,9 +80,9 @@ class SmallCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)   # 28x28 -> pool -> 14x14
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)  # 14x14 -> pool -> 7x7
-        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)   # 28x28 -> pool -> 14x14
+        self.conv2 = nn.Conv2d(16, 32, 5, padding=2)  # 14x14 -> pool -> 7x7
+        self.fc1 = nn.Linear(32 * 7 * 7, 128)
         self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x):

@@ -1,0 +1,72 @@
+"""p1-train and p1-refactor: the seed recipe's code path, the refactor, and the fast path on real MNIST."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phase1_foundation import p1_refactor, p1_train
+from phase1_foundation.models import SimpleNet, SmallCNN, WideMLP
+
+train_mark = getattr(pytest.mark, "p1-train")
+refactor_mark = getattr(pytest.mark, "p1-refactor")
+
+
+@pytest.mark.parametrize("make", [SimpleNet, WideMLP, SmallCNN])
+def test_models_map_mnist_batches_to_ten_logits(make):
+    assert make()(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+
+
+@train_mark
+@refactor_mark
+def test_quick_chain_train_then_refactor(tmp_path, monkeypatch):
+    """p1-train writes its run; p1-refactor finds it and compares (what `make phase1 QUICK=1` does)."""
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    train = p1_train.main(["--quick", "--device", "cpu", "--budget", "1"])
+    assert p1_train.check(train) == []
+    for name in ("metrics.json", "curves.png", "misclassified.png", "why_not_99.png", "model.pt"):
+        assert (tmp_path / "p1-train" / name).is_file(), name
+    assert set(train["comparison"]) == {"SimpleNet 784-128-10", "wide MLP 784-1024-1024-10",
+                                        "small CNN (2 conv + pool)"}
+    assert train["train_accuracy"] > 0 and train["misclassified"] > 0
+
+    refactor = p1_refactor.main(["--quick", "--device", "cpu"])
+    assert p1_refactor.check(refactor) == []
+    assert refactor["reproduce"]["p1_train_test_accuracy"] == train["test_accuracy"]
+    assert (tmp_path / "p1-refactor" / "fast-seed0" / "last.pt").is_file()
+
+
+@refactor_mark
+def test_refactor_without_p1_train_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    metrics = p1_refactor.main(["--quick", "--device", "cpu", "--epochs", "1"])
+    assert metrics["reproduce"]["difference"] is None
+    assert any("make p1-train" in p for p in p1_refactor.check(metrics))
+
+
+@refactor_mark
+def test_dataset_class_matches_torchvision_semantics():
+    from torchvision import transforms
+
+    from common.data import Split
+
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    ds = p1_refactor.MNISTDataset(Split(images, torch.tensor([4, 5, 6])), transforms.ToTensor())
+    x, y = ds[1]
+    assert len(ds) == 3 and y == 5 and x.shape == (1, 28, 28)
+    assert torch.allclose(x, images[1].float() / 255)
+
+
+@refactor_mark
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_fast_path_reaches_98_percent_on_real_mnist(real_data_dir, tmp_path):
+    """The fast path's target, measured in CI: median of 3 seeds >= 98.0% within 10 epochs."""
+    from common.data import load_dataset
+
+    data = load_dataset("mnist", data_dir=real_data_dir, download=False)
+    args = type("Args", (), {"quick": False, "epochs": None})()
+    runs = [p1_refactor.fast(data, args, torch.device("cpu"), tmp_path, seed) for seed in range(3)]
+    accuracies = sorted(r["test_accuracy"] for r in runs)
+    assert all(r["epochs"] <= 10 for r in runs)
+    assert accuracies[1] >= p1_refactor.FAST_TARGET_ACCURACY, accuracies
