@@ -31,12 +31,12 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchmark import environment_stamp, save_result, torch_threads  # noqa: E402
-from common.data import Split, load_dataset, torchvision_mnist_root  # noqa: E402
+from common.data import PUBLISHED_STATS, Split, load_dataset, torchvision_mnist_root  # noqa: E402
 from common.loaders import ImageTensorDataset, TensorLoader  # noqa: E402
 from common.schedules import lr_multiplier  # noqa: E402
 from phase1_foundation.models import SimpleNet  # noqa: E402
 
-MEAN, STD = (0.1307,), (0.3081,)
+MEAN, STD = PUBLISHED_STATS["mnist"]
 
 
 class Evaluator:
@@ -105,9 +105,10 @@ def classic_run(data, data_dir, evaluate, args, seed: int) -> dict:
 
 
 # Tuned for time to 97% (a grid over batch 128-1024, peak lr 2e-3 to 2e-2,
-# 1.25-4 planned epochs, 3 seeds each, on this 2-core CPU): bigger steps, and a one-cycle
-# schedule that anneals to zero after 75,000 images (1.25 MNIST epochs), where 97% is reached.
-FAST_RECIPE = {"batch_size": 256, "lr": 1.2e-2, "schedule": "onecycle", "planned_images": 75_000}
+# 1.25-4 planned epochs, then 8 seeds on the finalists, on this 2-core CPU): bigger steps, and a
+# one-cycle schedule that anneals to zero after 90,000 images (1.5 MNIST epochs).  Annealing at
+# 75,000 images was faster still but missed 97% for 2 seeds of 8: too tight to call a recipe.
+FAST_RECIPE = {"batch_size": 256, "lr": 1.2e-2, "schedule": "onecycle", "planned_images": 90_000}
 
 
 def fast_run(data, evaluate, args, seed: int) -> dict:
@@ -166,20 +167,27 @@ def main(argv=None) -> dict:
                       f"{100 * run['accuracy']:.2f}% ({run['epochs']:.2f} epochs){'' if run['reached'] else '  NOT REACHED'}",
                       flush=True)
 
-    reached = all(run["reached"] for runs in results.values() for run in runs)
-    medians = {k: statistics.median(run["seconds"] for run in v) for k, v in results.items()}
-    ratios = [c["seconds"] / f["seconds"] for c, f in zip(results["classic"], results["fast"])]
+    # A run that never reached the target has no time-to-target: it is reported, not averaged in.
+    failures = {k: sum(not run["reached"] for run in v) for k, v in results.items()}
+    medians = {k: statistics.median([run["seconds"] for run in v if run["reached"]] or [float("nan")])
+               for k, v in results.items()}
+    ratios = [c["seconds"] / f["seconds"] for c, f in zip(results["classic"], results["fast"])
+              if c["reached"] and f["reached"]]
     summary = {"target_accuracy": args.target, "threads": threads, "rounds": args.rounds, "quick": args.quick,
-               "real_data": data.real, "all_reached_target": reached,
-               "median_seconds": medians, "speedup_median_of_rounds": statistics.median(ratios),
+               "real_data": data.real, "all_reached_target": not any(failures.values()),
+               "runs_not_reaching_target": failures, "median_seconds": medians,
+               "speedup_median_of_rounds": statistics.median(ratios) if ratios else None,
                "speedup_per_round": ratios, "fast_recipe": FAST_RECIPE,
                "classic_recipe": {"batch_size": 64, "optimizer": "Adam", "lr": 1e-3},
                "eval_every_images": args.eval_every, "runs": results}
     name = "bench_p1_quick" if args.quick else "bench_p1"
     path = save_result(name, summary, directory=args.results_dir)
-    print(f"\nTime to {100 * args.target:.0f}% test accuracy ({threads} threads, median of {args.rounds} rounds): "
+    if any(failures.values()):
+        print(f"\nWARNING: runs that never reached {100 * args.target:.0f}%: {failures} (left out of the medians)")
+    speedup = summary["speedup_median_of_rounds"]
+    print(f"\nTime to {100 * args.target:.0f}% test accuracy ({threads} threads, median of {len(ratios)} rounds): "
           f"classic {medians['classic']:.2f}s, fast {medians['fast']:.2f}s -> "
-          f"{summary['speedup_median_of_rounds']:.1f}x (per round: {', '.join(f'{x:.1f}' for x in ratios)})")
+          f"{'n/a' if speedup is None else f'{speedup:.1f}x'} (per round: {', '.join(f'{x:.1f}' for x in ratios)})")
     print(f"CPU: {environment_stamp()['cpu']}. Wrote {path}")
     return summary
 

@@ -40,6 +40,11 @@ def milestone_parser(milestone_id: str, description: str | None) -> argparse.Arg
     return parser
 
 
+def is_full_real_run(metrics: dict) -> bool:
+    """True for a full (not quick) run on real data: the runs whose figures meet the real targets."""
+    return not metrics.get("quick") and bool(metrics.get("data", {}).get("real_data"))
+
+
 def start_run(milestone_id: str, args: argparse.Namespace) -> Path:
     """Create the run folder and return it; a fresh run replaces the old ``metrics.json``."""
     run_dir = run_dir_for(milestone_id, args.run_dir)

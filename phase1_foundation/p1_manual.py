@@ -27,7 +27,7 @@ from common.data import load_dataset
 from common.device import resolve_device
 from common.loaders import TensorLoader
 from common.plots import save
-from common.script import finish_run, milestone_parser, start_run
+from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase1_foundation.models import RawTwoLayerNet, SimpleNet
 
 MILESTONE = "p1-manual"
@@ -150,7 +150,7 @@ def check(metrics: dict) -> list[str]:
         problems.append(f"weights drift apart during training ({metrics.get('worst_weight_gap')})")
     if not abs(metrics.get("test_accuracy", 0.0) - metrics.get("test_accuracy_raw", 1.0)) <= ACCURACY_GAP_TOLERANCE:
         problems.append("the twins reach different test accuracies")
-    full_real = not metrics.get("quick") and metrics.get("data", {}).get("real_data")
+    full_real = is_full_real_run(metrics)
     target = TARGET_ACCURACY if full_real else QUICK_TARGET_ACCURACY
     if not metrics.get("test_accuracy", 0.0) >= target:
         problems.append(f"test accuracy {metrics.get('test_accuracy')} below {target}")

@@ -29,7 +29,7 @@ from common.benchmark import compare
 from common.data import load_dataset
 from common.loaders import numpy_batches
 from common.plots import image_grid, plot_history, save
-from common.script import finish_run, milestone_parser, start_run
+from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase1_foundation import numpy_net
 
 MILESTONE = "p1-numpy"
@@ -234,7 +234,7 @@ def check(metrics: dict) -> list[str]:
     if max(metrics.get("matmul", {}).get("max_abs_error", {"": 1.0}).values()) > 1e-9:
         problems.append("the loop matmuls disagree with @")
     accuracy = metrics.get("test_accuracy", 0.0)
-    full_real = not metrics.get("quick") and metrics.get("data", {}).get("real_data")
+    full_real = is_full_real_run(metrics)
     target = TARGET_ACCURACY if full_real else QUICK_TARGET_ACCURACY
     if not accuracy >= target:
         problems.append(f"test accuracy {100 * accuracy:.2f}% below the {100 * target:.0f}% target")

@@ -30,12 +30,12 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from common.augment import BatchAugment
-from common.data import Split, load_dataset
+from common.data import PUBLISHED_STATS, Split, load_dataset
 from common.device import resolve_device
 from common.loaders import TensorLoader, classic_loader
 from common.plots import save
 from common.runs import read_metrics, runs_root
-from common.script import finish_run, milestone_parser, start_run
+from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from common.trainer import TrainConfig, Trainer
 from phase1_foundation.models import SimpleNet
 
@@ -43,7 +43,7 @@ MILESTONE = "p1-refactor"
 REPRODUCE_TOLERANCE = 0.003      # 0.3 points of test accuracy
 FAST_TARGET_ACCURACY = 0.980     # median of 3 seeds, at most 10 epochs, real MNIST
 QUICK_TARGET_ACCURACY = 0.80
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+MNIST_MEAN, MNIST_STD = PUBLISHED_STATS["mnist"]  # what the seed recipe normalises with
 
 # The fast path's own recipe: bigger batches (fewer, cheaper steps), a one-cycle
 # schedule (warm up, then anneal to zero), and light translation augmentation
@@ -192,7 +192,7 @@ def _plot(classic_result: dict, fast_runs: list[dict], path) -> None:
 
 def check(metrics: dict) -> list[str]:
     problems = []
-    full_real = not metrics.get("quick") and metrics.get("data", {}).get("real_data")
+    full_real = is_full_real_run(metrics)
     fast_result = metrics.get("fast", {})
     target = FAST_TARGET_ACCURACY if full_real else QUICK_TARGET_ACCURACY
     median = fast_result.get("median_test_accuracy", 0.0)
