@@ -104,7 +104,7 @@ def cmd_quickstart() -> int:
     built = [m for m in MILESTONES if m.built]
     print(f"ML60 quickstart: {len(built)} of {len(MILESTONES)} milestones are built; running each in quick mode.")
     print("Quick mode uses small data. Where a real dataset is missing it uses an offline stand-in, and says so.")
-    rows, failed = [], 0
+    rows, failed, used_stand_in = [], 0, False
     start_all = time.perf_counter()
     for m in built:
         start = time.perf_counter()
@@ -113,17 +113,28 @@ def cmd_quickstart() -> int:
         metrics = read_metrics(m) if code == 0 else None
         if code:
             failed += 1
-        data = "" if not metrics else ("real data" if metrics.get("data", {}).get("real_data", True)
-                                       else "offline stand-in")
+        data = _data_kind(metrics)
+        used_stand_in = used_stand_in or data == "offline stand-in"
         rows.append((m.id, "FAILED (exit %d)" % code if code else key_figure_text(metrics), data,
                      f"{seconds:.0f}s", str(runs_root() / m.id) + "/"))
     print("\n" + _table(("milestone", "key figure", "data", "time", "output"), rows))
+    if used_stand_in:
+        print("\nSome milestones ran on an offline stand-in because the real dataset was not found. Put it in "
+              "./data (or run with DATA_DIR=/path) for real figures (the README's Data section says which files go where).")
     not_built = [m.id for m in MILESTONES if not m.built]
     if not_built:
         print(f"\nNot built yet: {', '.join(not_built)}")
     print(f"\nTotal {time.perf_counter() - start_all:.0f}s. Next: `make help` for the full runs, "
           "`make progress` to see where you are, `make test` for the checks.")
     return 1 if failed else 0
+
+
+def _data_kind(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    if "data" not in metrics:
+        return "no dataset"
+    return "real data" if metrics["data"].get("real_data") else "offline stand-in"
 
 
 def cmd_progress() -> int:

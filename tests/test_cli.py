@@ -67,3 +67,28 @@ def test_progress_reports_runs_and_checks(tmp_path, monkeypatch, capsys):
 def test_unknown_command_and_milestone():
     assert cli.main(["frobnicate"]) == 2
     assert cli.main(["run", "p4-magic"]) == 2
+
+
+def test_quickstart_summarises_each_milestone(tmp_path, monkeypatch, capsys):
+    """The summary table: key figure, data kind, output folder; failures counted; stand-ins pointed out."""
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    Milestone = type(MILESTONES[0])
+    fake = [Milestone("p1-numpy", "1-3", 1, "json", "a"), Milestone("p1-autograd", "4-7", 1, "json", "b"),
+            Milestone("p1-manual", "8-12", 1, "json", "c")]
+    results = {"p1-numpy": ({"key_figure": {"display": "42% test accuracy"}, "data": {"real_data": False}}, 0),
+               "p1-autograd": ({"key_figure": {"display": "5/5 hold"}}, 0), "p1-manual": (None, 3)}
+
+    def fake_run(m, extra):
+        assert extra == ["--quick"]
+        metrics, code = results[m.id]
+        if metrics is not None:
+            (tmp_path / m.id).mkdir()
+            (tmp_path / m.id / "metrics.json").write_text(json.dumps(metrics))
+        return code
+
+    monkeypatch.setattr(cli, "MILESTONES", tuple(fake))
+    monkeypatch.setattr(cli, "run_milestone", fake_run)
+    assert cli.cmd_quickstart() == 1  # one milestone failed
+    out = capsys.readouterr().out
+    assert "42% test accuracy" in out and "offline stand-in" in out and "no dataset" in out
+    assert "FAILED (exit 3)" in out and "Data section" in out
