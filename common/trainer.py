@@ -170,8 +170,14 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, *,
-            resume_from: str | Path | None = None) -> list[dict]:
-        """Train for ``config.epochs`` epochs (minus those a resumed checkpoint already did)."""
+            resume_from: str | Path | None = None,
+            on_epoch_end: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train for ``config.epochs`` epochs (minus those a resumed checkpoint already did).
+
+        ``on_epoch_end(record)`` is called after each epoch with that epoch's
+        history entry; raising from it stops training (a hyperparameter
+        search uses this to prune a trial that is going nowhere).
+        """
         cfg = self.config
         if cfg.early_stopping_patience is not None and val_loader is None:
             raise ValueError("early stopping watches a validation metric: pass val_loader")
@@ -197,6 +203,8 @@ class Trainer:
                     self.save_checkpoint(self.run_dir / "last.pt")
                 if improved:
                     self.save_checkpoint(self.run_dir / "best.pt")
+            if on_epoch_end is not None:
+                on_epoch_end(self.history[-1])
             if cfg.early_stopping_patience is not None and self.best.stale_epochs >= cfg.early_stopping_patience:
                 self.announce(f"[train] early stop: {cfg.monitor} has not improved for "
                               f"{self.best.stale_epochs} epochs (best {self.best.value:.4f} at epoch {self.best.epoch})")

@@ -28,7 +28,7 @@ def real_data_dir() -> Path:
     """
     value = os.environ.get("ML60_DATA_DIR")
     if not value:
-        pytest.skip("real-data test: run `make test DATA_DIR=<folder with MNIST/raw>` to enable")
+        pytest.skip("real-data test: run `make test DATA_DIR=<folder with the datasets>` to enable")
     return Path(value)
 
 

@@ -1,0 +1,140 @@
+"""p2-eval (days 31-35): what the accuracy hides - confusion, per-class scores, calibration.
+
+What to take from it:
+
+1. **Evaluate honestly**: ``model.eval()`` (BatchNorm uses its running
+   statistics, Dropout is off), ``torch.inference_mode()`` (no graph), the
+   test set, the normalisation the model was trained with.
+2. **The confusion matrix** says which classes are taken for which: on
+   CIFAR-10 cats and dogs, not cars and frogs.  ``confusion_matrix.png``.
+3. **Precision, recall, F1** per class, with macro (every class counts the
+   same) and weighted (by class size) averages; per-class accuracy is the
+   recall.  One overall accuracy can hide a weak class.
+4. **Calibration**: when the model says "90% sure", is it right 90% of the
+   time?  The expected calibration error and the reliability diagram answer;
+   label smoothing, used in training here, tends to make models less
+   over-confident.
+5. **Look at the mistakes**: ``misclassified.png``.
+
+Run: ``make p2-eval`` (after ``make p2-cnn``).  Writes ``runs/p2-eval/``:
+``metrics.json``, ``confusion_matrix.png``, ``reliability.png``, ``misclassified.png``,
+``report.txt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.device import resolve_device
+from common.loaders import TensorLoader
+from common.plots import image_grid
+from common.runs import atomic_write_bytes, runs_root
+from common.script import finish_run, is_full_real_run, milestone_parser, start_run
+from phase2_depth import evaluation
+from phase2_depth.data import cifar_splits
+from phase2_depth.p2_cnn import load_model
+
+MILESTONE = "p2-eval"
+
+
+@torch.inference_mode()
+def predict_probs(model, split, mean, std, device, batch_size: int = 1000) -> np.ndarray:
+    model.eval()
+    loader = TensorLoader(split, batch_size, device=device, mean=mean, std=std, shuffle=False)
+    return torch.cat([torch.softmax(model(x).float(), dim=1).cpu() for x, _ in loader]).numpy()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = milestone_parser(MILESTONE, __doc__)
+    parser.add_argument("--model", default=None, help="model file (default: runs/p2-cnn/model.pt)")
+    parser.add_argument("--dataset", default="cifar10",
+                        help="cifar10, or imagefolder:PATH for your own tree of train/<class>/ and test/<class>/")
+    args = parser.parse_args(argv)
+    run_dir = start_run(MILESTONE, args)
+    device = resolve_device(args.device)
+    print(__doc__.split("\n\n")[0])
+
+    model_path = Path(args.model) if args.model else runs_root() / "p2-cnn" / "model.pt"
+    model, blob = load_model(model_path)
+    model.to(device)
+    splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
+                          subset=(1000, 500, 2000) if args.quick else None)
+    if list(blob["classes"]) != list(splits.classes):
+        raise ValueError(f"{model_path} was trained on classes {blob['classes']} but the test data has "
+                         f"{splits.classes}: evaluate it on the data it was trained for")
+    test = splits.test
+    print(f"[eval] {model_path}: widths {blob['arch']['widths']}, evaluated on {len(test):,} test images "
+          f"with the training normalisation {tuple(round(m, 4) for m in blob['mean'])}")
+    probs = predict_probs(model, test, blob["mean"], blob["std"], device)
+    labels = test.labels.numpy()
+    classes = list(splits.classes)
+
+    result = evaluation.scores(labels, probs, classes)
+    calibration = evaluation.expected_calibration_error(labels, probs)
+    print(f"\n-- Accuracy {100 * result['accuracy']:.2f}%; per class and the averages --")
+    print(result["classification_report_text"])
+    print("-- Most confused (true -> predicted) --")
+    for pair in result["most_confused"]:
+        print(f"  {pair['true']:>11} -> {pair['predicted']:<11} {pair['count']:>4} "
+              f"({100 * pair['share_of_true_class']:.1f}% of the {pair['true']} images)")
+    print(f"\n-- Calibration: mean confidence {100 * calibration['mean_confidence']:.2f}% vs accuracy "
+          f"{100 * calibration['accuracy']:.2f}%; expected calibration error {100 * calibration['ece']:.2f}% --")
+
+    evaluation.plot_confusion(np.array(result["confusion_matrix"]), classes, run_dir / "confusion_matrix.png")
+    evaluation.plot_reliability(calibration, run_dir / "reliability.png")
+    predictions = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)[:32]
+    image_grid(test.images[wrong].numpy(),
+               [f"{classes[labels[i]]}\nsaid {classes[predictions[i]]} {100 * probs[i].max():.0f}%" for i in wrong],
+               run_dir / "misclassified.png", title=f"{len(np.flatnonzero(predictions != labels)):,} of "
+                                                     f"{len(labels):,} test images misclassified (first {len(wrong)})",
+               title_colors=["#b22"] * len(wrong))
+    text = result.pop("classification_report_text")
+    matrix_text = _matrix_text(result["confusion_matrix"], classes)
+    atomic_write_bytes(run_dir / "report.txt", (text + "\nConfusion matrix (rows: true, columns: predicted)\n"
+                                                + matrix_text + "\n").encode())
+
+    report = result["classification_report"]
+    label = "" if splits.dataset.real else " (stand-in data)"
+    print(f"\nResult: accuracy {100 * result['accuracy']:.2f}%, macro F1 {report['macro avg']['f1-score']:.4f}, "
+          f"ECE {100 * calibration['ece']:.2f}%. Wrote {run_dir}/")
+    return finish_run(run_dir, MILESTONE, args,
+                      key_figure={"name": "macro_f1", "value": report["macro avg"]["f1-score"],
+                                  "display": f"accuracy {100 * result['accuracy']:.2f}%, macro F1 "
+                                             f"{report['macro avg']['f1-score']:.3f}, ECE {100 * calibration['ece']:.1f}%{label}"},
+                      data=splits.dataset.provenance() | {"test_used": len(test)}, model=str(model_path),
+                      model_test_accuracy=blob.get("test_accuracy"), test_accuracy=result["accuracy"],
+                      macro_f1=report["macro avg"]["f1-score"], weighted_f1=report["weighted avg"]["f1-score"],
+                      calibration=calibration, confusion_matrix_text=matrix_text, **result)
+
+
+def _matrix_text(matrix, classes) -> str:
+    short = [c[:5] for c in classes]
+    lines = [" " * 12 + " ".join(f"{c:>5}" for c in short)]
+    lines += [f"{classes[i]:>11} " + " ".join(f"{v:>5}" for v in row) for i, row in enumerate(matrix)]
+    return "\n".join(lines)
+
+
+def check(metrics: dict) -> list[str]:
+    problems = []
+    matrix = np.array(metrics.get("confusion_matrix", [[0]]))
+    if matrix.sum() != metrics.get("data", {}).get("test_used", -1):
+        problems.append("the confusion matrix does not count every test image exactly once")
+    if not 0.0 <= metrics.get("calibration", {}).get("ece", -1) <= 1.0:
+        problems.append("no valid calibration error")
+    report = metrics.get("classification_report", {})
+    if "macro avg" not in report or "weighted avg" not in report:
+        problems.append("macro and weighted averages missing")
+    if len(metrics.get("per_class_accuracy", {})) != matrix.shape[0]:
+        problems.append("per-class accuracy missing")
+    recorded = metrics.get("model_test_accuracy")
+    if is_full_real_run(metrics) and recorded is not None and abs(recorded - metrics.get("test_accuracy", -1)) > 2e-4:  # 2 images of 10,000 (float rounding)
+        problems.append(f"evaluation gives {metrics.get('test_accuracy')} but p2-cnn recorded {recorded}")
+    return problems
+
+
+if __name__ == "__main__":
+    main()

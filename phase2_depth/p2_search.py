@@ -1,0 +1,247 @@
+"""p2-search (days 36-40): choosing hyperparameters on validation, with Optuna.
+
+What to take from it:
+
+1. **The search space**: learning-rate schedule (constant, step, cosine,
+   one-cycle; with or without warm-up), batch size, peak learning rate,
+   weight decay, dropout and label smoothing.
+2. **TPE** (Optuna's default sampler) starts with random trials, then models
+   which regions of the space gave good validation accuracy and samples more
+   there.  **Pruning** stops a trial whose validation accuracy, from the
+   third epoch on, is below the median of earlier trials at the same epoch.
+3. **The study lives in SQLite** (``runs/p2-search/study.db``): stop the
+   search and run it again to continue; start it in two terminals and both
+   add trials to the same study.
+4. **Validation chooses, test judges once**: every trial is scored on the
+   validation split; only the winning configuration, retrained on the whole
+   training split, is evaluated on the test set - once.
+
+Each trial trains the narrow CNN (widths 16-32-64-128-128, pooling early) on
+a subset of the training split, so a search fits in minutes on a CPU; the
+ranking of configurations, not their absolute accuracy, is what we want.
+
+Run: ``make p2-search`` (``ARGS='--trials 30'`` for a longer search).  Writes
+``runs/p2-search/``: ``study.db``, ``results.csv``, ``results.md``,
+``trials.png``, ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import torch
+
+from common.device import resolve_device
+from common.runs import atomic_write_bytes
+from common.script import finish_run, is_full_real_run, milestone_parser, start_run
+from common.trainer import TrainConfig, Trainer
+from phase2_depth.data import AUGMENT, cifar_splits
+from phase2_depth.models import WIDTHS, FiveLayerCNN
+
+MILESTONE = "p2-search"
+STUDY_NAME = "p2-search"
+FULL = {"trials": 16, "epochs": 6, "subset": (15000, 5000, 10000), "final_epochs": 12}
+QUICK = {"trials": 4, "epochs": 2, "subset": (2000, 500, 1000), "final_epochs": 2}
+
+
+def suggest(trial) -> dict:
+    """The search space, one line per hyperparameter."""
+    return {
+        "schedule": trial.suggest_categorical("schedule", ["constant", "step", "cosine", "onecycle"]),
+        "warmup": trial.suggest_categorical("warmup", [False, True]),
+        "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256]),
+        "lr": trial.suggest_float("lr", 0.01, 0.4, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+        "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
+    }
+
+
+def train_config(params: dict, epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, optimizer="sgd", lr=params["lr"], momentum=0.9, nesterov=True,
+                       weight_decay=params["weight_decay"], schedule=params["schedule"],
+                       warmup_epochs=1.0 if params["warmup"] else 0.0, step_every=max(1, epochs // 3),
+                       step_gamma=0.2, label_smoothing=params["label_smoothing"], channels_last=True, seed=seed)
+
+
+def train_once(params: dict, splits, *, epochs: int, device, seed: int, on_epoch_end=None):
+    torch.manual_seed(seed)
+    model = FiveLayerCNN(WIDTHS["narrow"], num_classes=len(splits.classes), dropout=params["dropout"],
+                         pool_first=True)
+    train, val, test = splits.loaders(params["batch_size"], device=device, augment=AUGMENT, seed=seed,
+                                      channels_last=True)
+    trainer = Trainer(model, train_config(params, epochs, seed), device=device, announce=lambda m: None)
+    history = trainer.fit(train, val, on_epoch_end=on_epoch_end)
+    return trainer, history, test
+
+
+def objective_factory(splits, epochs: int, device, seed: int):
+    import optuna
+
+    def objective(trial) -> float:
+        params = suggest(trial)
+        start = time.perf_counter()
+
+        def report(record: dict) -> None:
+            trial.report(record["val_accuracy"], record["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation {100 * record['val_accuracy']:.1f}% at epoch {record['epoch']}")
+
+        try:
+            _, history, _ = train_once(params, splits, epochs=epochs, device=device, seed=seed, on_epoch_end=report)
+        finally:
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+        return max(h["val_accuracy"] for h in history)
+
+    return objective
+
+
+def run_study(run_dir, splits, *, trials: int, epochs: int, device, seed: int):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                # No pruning in the first two epochs: a warm-up trial is slow off the mark
+                                # by design, and judging it after one epoch would punish warm-up itself.
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
+    before = len(study.trials)
+    if before:
+        print(f"  resuming the study in {storage}: {before} trials already there")
+
+    def show(study, trial):
+        value = "pruned" if trial.state.name == "PRUNED" else (
+            f"val {100 * trial.value:.2f}%" if trial.value is not None else trial.state.name.lower())
+        print(f"  trial {trial.number:>3}: {value:<12} {_short(trial.params)}  "
+              f"({trial.user_attrs.get('seconds', 0):.0f}s)", flush=True)
+
+    study.optimize(objective_factory(splits, epochs, device, seed), n_trials=trials, callbacks=[show])
+    return study
+
+
+def _short(params: dict) -> str:
+    return (f"{params['schedule']}{'+warmup' if params['warmup'] else ''} bs {params['batch_size']} "
+            f"lr {params['lr']:.3f} wd {params['weight_decay']:.1e} drop {params['dropout']:.2f} "
+            f"ls {params['label_smoothing']:.2f}")
+
+
+def write_tables(study, run_dir) -> list[dict]:
+    rows = []
+    for t in study.trials:
+        rows.append({"trial": t.number, "state": t.state.name.lower(),
+                     "val_accuracy": None if t.value is None else round(t.value, 4),
+                     "epochs_run": len(t.intermediate_values) or None,
+                     "seconds": round(t.user_attrs.get("seconds", 0.0), 1), **t.params})
+    columns = ["trial", "state", "val_accuracy", "epochs_run", "seconds", "schedule", "warmup", "batch_size", "lr",
+               "weight_decay", "dropout", "label_smoothing"]
+    with open(run_dir / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    ranked = sorted(rows, key=lambda r: -(r["val_accuracy"] or -1))
+    lines = ["| rank | trial | state | val accuracy | " + " | ".join(columns[5:]) + " |",
+             "|---:|---:|---|---:|" + "---|" * len(columns[5:])]
+    for rank, r in enumerate(ranked, 1):
+        values = [f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c)) for c in columns[5:]]
+        acc = "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
+        lines.append(f"| {rank} | {r['trial']} | {r['state']} | {acc} | " + " | ".join(values) + " |")
+    atomic_write_bytes(run_dir / "results.md", ("\n".join(lines) + "\n").encode())
+    return rows
+
+
+def plot_trials(study, path) -> None:
+    import matplotlib.pyplot as plt
+
+    from common.plots import save
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    best, best_curve = None, []
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            ax.scatter(t.number, 100 * t.value, color="#2a7", zorder=3)
+            best = t.value if best is None else max(best, t.value)
+        elif t.state.name == "PRUNED" and t.intermediate_values:
+            ax.scatter(t.number, 100 * max(t.intermediate_values.values()), color="#c44", marker="x", zorder=3)
+        best_curve.append(None if best is None else 100 * best)
+    ax.plot(range(len(best_curve)), best_curve, color="#444", label="best so far")
+    ax.scatter([], [], color="#2a7", label="complete")
+    ax.scatter([], [], color="#c44", marker="x", label="pruned (best epoch before stopping)")
+    ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="Search trials, scored on validation only")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = milestone_parser(MILESTONE, __doc__)
+    parser.add_argument("--trials", type=int, default=None, help="trials to add in this run (full 16, quick 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (full 6, quick 2)")
+    parser.add_argument("--final-epochs", type=int, default=None, help="epochs for the retrained winner")
+    parser.add_argument("--dataset", default="cifar10",
+                        help="cifar10, or imagefolder:PATH for your own tree of train/<class>/ and test/<class>/")
+    args = parser.parse_args(argv)
+    run_dir = start_run(MILESTONE, args)
+    device = resolve_device(args.device)
+    plan = dict(QUICK if args.quick else FULL)
+    for key in ("trials", "epochs", "final_epochs"):
+        if getattr(args, key):
+            plan[key] = getattr(args, key)
+    print(__doc__.split("\n\n")[0])
+
+    splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset, subset=plan["subset"])
+    print(f"\n-- Search: {plan['trials']} trials x up to {plan['epochs']} epochs on {len(splits.train):,} training "
+          f"images, scored on {len(splits.val):,} validation images --")
+    study = run_study(run_dir, splits, trials=plan["trials"], epochs=plan["epochs"], device=device, seed=args.seed)
+    rows = write_tables(study, run_dir)
+    plot_trials(study, run_dir / "trials.png")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best = study.best_trial
+    print(f"\n  best: trial {best.number}, validation {100 * best.value:.2f}%: {_short(best.params)}")
+
+    full_train = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
+                              subset=(QUICK["subset"] if args.quick else None), announce=lambda m: None)
+    print(f"\n-- The winner, retrained on all {len(full_train.train):,} training images for {plan['final_epochs']} "
+          "epochs, then the one look at the test set --")
+    trainer, history, test_loader = train_once(best.params, full_train, epochs=plan["final_epochs"], device=device,
+                                               seed=args.seed)
+    test = trainer.evaluate(test_loader)
+    test_evaluations = 1
+    print(f"  validation {100 * history[-1]['val_accuracy']:.2f}%, test {100 * test['accuracy']:.2f}%")
+
+    label = "" if splits.dataset.real else " (stand-in data)"
+    print(f"\nResult: {len(study.trials)} trials ({len(complete)} complete); the chosen configuration reaches "
+          f"{100 * test['accuracy']:.2f}% test accuracy{label}. Wrote {run_dir}/")
+    return finish_run(run_dir, MILESTONE, args,
+                      key_figure={"name": "final_test_accuracy", "value": test["accuracy"],
+                                  "display": f"best of {len(study.trials)} trials: {100 * test['accuracy']:.2f}% "
+                                             f"test{label}"},
+                      data=splits.dataset.provenance() | {"train_used_per_trial": len(splits.train),
+                                                          "val_used": len(splits.val)},
+                      plan=plan, trials=rows, trial_count=len(study.trials), complete_trials=len(complete),
+                      pruned_trials=sum(t.state.name == "PRUNED" for t in study.trials),
+                      best_trial=best.number, best_params=best.params, best_val_accuracy=best.value,
+                      final={"train_size": len(full_train.train), "epochs": plan["final_epochs"],
+                             "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test["accuracy"]},
+                      test_accuracy=test["accuracy"], test_evaluations=test_evaluations,
+                      study_storage=str(run_dir / "study.db"))
+
+
+def check(metrics: dict) -> list[str]:
+    problems = []
+    trials = metrics.get("trials", [])
+    values = [t["val_accuracy"] for t in trials if t.get("state") == "complete" and t.get("val_accuracy") is not None]
+    if len(values) < (8 if is_full_real_run(metrics) else 2):
+        problems.append(f"only {len(values)} complete trials")
+    if values and abs(max(values) - round(metrics.get("best_val_accuracy", -1), 4)) > 1e-4:
+        problems.append("the chosen configuration is not the best on validation")
+    if metrics.get("test_evaluations") != 1:
+        problems.append("the test set must be evaluated exactly once")
+    if is_full_real_run(metrics) and not metrics.get("test_accuracy", 0) >= 0.70:
+        problems.append(f"the chosen configuration reaches only {metrics.get('test_accuracy')} on test")
+    return problems
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""p2-eval and p2-search: evaluation figures on known predictions, quick runs, resumable studies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from phase2_depth import evaluation, p2_cnn, p2_eval, p2_search
+
+eval_mark = getattr(pytest.mark, "p2-eval")
+search_mark = getattr(pytest.mark, "p2-search")
+
+
+@eval_mark
+def test_scores_on_known_predictions():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    probs = np.eye(3)[[0, 0, 1, 1, 1, 0]] * 0.8 + 0.2 / 3
+    result = evaluation.scores(labels, probs, ["a", "b", "c"])
+    assert result["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["per_class_accuracy"] == {"a": pytest.approx(2 / 3), "b": 1.0, "c": 0.0}
+    report = result["classification_report"]
+    assert report["b"]["precision"] == pytest.approx(2 / 3) and report["c"]["f1-score"] == 0.0
+    assert result["most_confused"][0]["count"] == 1
+
+
+@eval_mark
+def test_calibration_error_is_zero_when_confidence_matches_accuracy():
+    rng = np.random.default_rng(0)
+    labels = np.zeros(10000, dtype=int)
+    probs = np.tile([0.7, 0.3], (10000, 1))
+    labels[rng.random(10000) < 0.3] = 1  # right 70% of the time at 70% confidence
+    assert evaluation.expected_calibration_error(labels, probs)["ece"] < 0.01
+    overconfident = np.tile([0.99, 0.01], (10000, 1))
+    assert evaluation.expected_calibration_error(labels, overconfident)["ece"] == pytest.approx(0.99 - 0.7, abs=0.01)
+
+
+@eval_mark
+def test_quick_eval_after_quick_cnn(tmp_path, monkeypatch):
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    p2_cnn.main(["--quick", "--device", "cpu"])
+    metrics = p2_eval.main(["--quick", "--device", "cpu"])
+    assert p2_eval.check(metrics) == []
+    for name in ("confusion_matrix.png", "reliability.png", "misclassified.png", "report.txt", "metrics.json"):
+        assert (tmp_path / "p2-eval" / name).is_file(), name
+    saved = json.loads((tmp_path / "p2-eval" / "metrics.json").read_text())
+    assert {"macro avg", "weighted avg"} <= set(saved["classification_report"])
+
+
+@eval_mark
+def test_eval_refuses_a_model_for_other_classes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    p2_cnn.main(["--quick", "--device", "cpu"])
+    import torch
+
+    path = tmp_path / "p2-cnn" / "model.pt"
+    blob = torch.load(path, weights_only=True)
+    blob["classes"] = [f"other-{i}" for i in range(10)]
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match="trained on classes"):
+        p2_eval.main(["--quick", "--device", "cpu"])
+
+
+@search_mark
+def test_quick_search_chooses_on_validation_and_resumes(tmp_path):
+    metrics = p2_search.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu", "--trials", "3"])
+    assert p2_search.check(metrics) == []
+    assert metrics["trial_count"] == 3 and metrics["test_evaluations"] == 1
+    for name in ("study.db", "results.csv", "results.md", "trials.png"):
+        assert (tmp_path / name).is_file(), name
+    again = p2_search.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu", "--trials", "2"])
+    assert again["trial_count"] == 5  # the SQLite study was resumed, not restarted
+    assert p2_search.check(again) == []
