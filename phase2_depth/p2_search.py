@@ -232,8 +232,9 @@ def check(metrics: dict) -> list[str]:
     problems = []
     trials = metrics.get("trials", [])
     values = [t["val_accuracy"] for t in trials if t.get("state") == "complete" and t.get("val_accuracy") is not None]
-    if len(values) < (8 if is_full_real_run(metrics) else 2):
-        problems.append(f"only {len(values)} complete trials")
+    full = is_full_real_run(metrics)
+    if len(values) < (5 if full else 2) or len(trials) < (12 if full else 2):
+        problems.append(f"only {len(trials)} trials, {len(values)} of them complete: too few to call it a search")
     if values and abs(max(values) - round(metrics.get("best_val_accuracy", -1), 4)) > 1e-4:
         problems.append("the chosen configuration is not the best on validation")
     if metrics.get("test_evaluations") != 1:
