@@ -1,0 +1,139 @@
+"""Export a trained CNN to ONNX, with its metadata inside and a manifest beside it.
+
+The export traces the model with ``torch.export`` (PyTorch's default ONNX
+exporter since 2.9; it needs the ``onnxscript`` package) and declares the
+batch dimension dynamic, so one file serves any batch size.
+
+An ONNX file is a self-contained description of the computation graph and
+its weights that runtimes other than PyTorch (ONNX Runtime, TensorRT, ...)
+can execute.  What the graph cannot tell a service is *how to use it*: the
+class names, the input size, the normalisation.  We store those in the
+model's ``metadata_props``, and write ``manifest.json`` with the file's
+sha256 so that a service can refuse a file that is not the one exported.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.runs import write_json
+
+OPSET = 18  # the torch.export-based exporter emits opset 18 and newer
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(model: torch.nn.Module, blob: dict, checkpoint: Path, out_dir: Path, *, opset: int = OPSET) -> dict:
+    """Write ``model.onnx`` (dynamic batch axis, checked) and ``manifest.json``; return the manifest."""
+    import onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    model = model.eval().cpu()
+    # An example batch of 2, not 1: torch.export treats a size-1 dimension as a constant.
+    example = torch.zeros(2, *blob["input_shape"])
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True)
+    program.save(str(onnx_path))
+    proto = onnx.load(str(onnx_path))
+    metadata = {
+        "class_names": json.dumps(list(blob["classes"])),
+        "input_shape": json.dumps(list(blob["input_shape"])),
+        "normalize_mean": json.dumps(list(blob["mean"])),
+        "normalize_std": json.dumps(list(blob["std"])),
+        "test_accuracy": json.dumps(blob.get("test_accuracy")),
+        "val_accuracy": json.dumps(blob.get("val_accuracy")),
+        "source_checkpoint_sha256": sha256_of(checkpoint),
+    }
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "ml60"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(onnx_path))
+    manifest = {
+        "onnx_file": onnx_path.name,
+        "sha256": sha256_of(onnx_path),
+        "bytes": onnx_path.stat().st_size,
+        "opset": opset,
+        "input": {"name": INPUT_NAME, "shape": ["batch", *blob["input_shape"]], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(blob["classes"])]},
+        "classes": list(blob["classes"]),
+        "mean": list(blob["mean"]),
+        "std": list(blob["std"]),
+        "source_checkpoint": str(checkpoint),
+        "source_checkpoint_sha256": metadata["source_checkpoint_sha256"],
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def verify_onnx(onnx_path: Path, manifest_path: Path | None = None) -> dict:
+    """Check an ONNX file against its manifest's sha256 and the ONNX checker; return the manifest.
+
+    Every failure names the file and what is wrong with it.
+    """
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    manifest_path = Path(manifest_path) if manifest_path else onnx_path.with_name("manifest.json")
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: ONNX model not found (run `make p3-onnx` first)")
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: manifest not found; it must sit beside {onnx_path.name}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    actual = sha256_of(onnx_path)
+    if actual != manifest.get("sha256"):
+        raise ValueError(f"{onnx_path}: sha256 {actual[:16]}... does not match the manifest's "
+                         f"{str(manifest.get('sha256'))[:16]}...: the file was changed or damaged after export")
+    try:
+        onnx.checker.check_model(onnx.load(str(onnx_path)))
+    except Exception as exc:  # onnx raises several types for damaged files
+        raise ValueError(f"{onnx_path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    return manifest
+
+
+def onnx_session(onnx_path: Path, threads: int | None = None):
+    """An ONNX Runtime session on the CPU, all graph optimisations on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def parity(model: torch.nn.Module, session, images: np.ndarray, batch_size: int = 250) -> dict:
+    """Largest absolute logit difference and prediction agreement between PyTorch and ONNX Runtime."""
+    model = model.eval().cpu()
+    worst, same, torch_logits, onnx_logits = 0.0, 0, [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].astype(np.float32)
+            a = model(torch.from_numpy(x)).numpy()
+            b = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            worst = max(worst, float(np.abs(a - b).max()))
+            same += int((a.argmax(1) == b.argmax(1)).sum())
+            torch_logits.append(a)
+            onnx_logits.append(b)
+    return {"images": len(images), "max_abs_diff": worst, "same_class": same,
+            "torch_logits": np.concatenate(torch_logits), "onnx_logits": np.concatenate(onnx_logits)}
