@@ -50,6 +50,12 @@ class CifarSplits:
         return train, val, test
 
 
+def add_dataset_argument(parser) -> None:
+    """``--dataset``: CIFAR-10 by default, or a learner's own image folder."""
+    parser.add_argument("--dataset", default="cifar10",
+                        help="cifar10, or imagefolder:PATH for your own tree of train/<class>/ and test/<class>/")
+
+
 def stratified_split(labels: torch.Tensor, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a seeded split keeping every class's share equal in both parts."""
     from sklearn.model_selection import train_test_split

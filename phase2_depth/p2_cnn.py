@@ -41,7 +41,7 @@ from common.device import resolve_device
 from common.runs import atomic_write_bytes
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from common.trainer import TrainConfig, Trainer
-from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, cifar_splits
+from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, add_dataset_argument, cifar_splits
 from phase2_depth.models import WIDTHS, FiveLayerCNN, multiply_adds, parameter_count
 
 MILESTONE = "p2-cnn"
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="cpu | gpu | ci (default: gpu on CUDA, else cpu; quick mode: quick)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--dataset", default="cifar10",
-                        help="cifar10, or imagefolder:PATH for your own tree of train/<class>/ and test/<class>/")
+    add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     device = resolve_device(args.device)

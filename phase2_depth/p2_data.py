@@ -31,7 +31,7 @@ from common.augment import normalize
 from common.data import PUBLISHED_STATS
 from common.plots import image_grid
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
-from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, cifar_splits
+from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, add_dataset_argument, cifar_splits
 
 MILESTONE = "p2-data"
 PIPELINE_TOLERANCE = 0.02      # per-channel mean/std of augmented, normalised batches
@@ -76,8 +76,7 @@ def compare_pipelines(images: torch.Tensor, mean, std, repeats: int, seed: int) 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
-    parser.add_argument("--dataset", default="cifar10",
-                        help="cifar10, or imagefolder:PATH for your own tree of train/<class>/ and test/<class>/")
+    add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     print(__doc__.split("\n\n")[0])

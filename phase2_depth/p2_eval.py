@@ -34,7 +34,7 @@ from common.plots import image_grid
 from common.runs import atomic_write_bytes, runs_root
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase2_depth import evaluation
-from phase2_depth.data import cifar_splits
+from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase2_depth.p2_cnn import load_model
 
 MILESTONE = "p2-eval"
@@ -50,8 +50,7 @@ def predict_probs(model, split, mean, std, device, batch_size: int = 1000) -> np
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
     parser.add_argument("--model", default=None, help="model file (default: runs/p2-cnn/model.pt)")
-    parser.add_argument("--dataset", default="cifar10",
-                        help="cifar10, or imagefolder:PATH for your own tree of train/<class>/ and test/<class>/")
+    add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     device = resolve_device(args.device)

@@ -36,7 +36,7 @@ from common.device import resolve_device
 from common.runs import atomic_write_bytes
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from common.trainer import TrainConfig, Trainer
-from phase2_depth.data import AUGMENT, cifar_splits
+from phase2_depth.data import AUGMENT, add_dataset_argument, cifar_splits
 from phase2_depth.models import WIDTHS, FiveLayerCNN
 
 MILESTONE = "p2-search"
@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trials", type=int, default=None, help="trials to add in this run (full 16, quick 4)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (full 6, quick 2)")
     parser.add_argument("--final-epochs", type=int, default=None, help="epochs for the retrained winner")
-    parser.add_argument("--dataset", default="cifar10",
-                        help="cifar10, or imagefolder:PATH for your own tree of train/<class>/ and test/<class>/")
+    add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     device = resolve_device(args.device)

@@ -27,7 +27,7 @@ import numpy as np
 
 from common.runs import runs_root
 from common.script import finish_run, milestone_parser, start_run
-from phase2_depth.data import cifar_splits
+from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase2_depth.p2_cnn import load_model
 from phase3_production.onnx_export import export_onnx, onnx_session, parity, verify_onnx
 
@@ -44,7 +44,7 @@ def normalised(images, mean, std) -> np.ndarray:
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
     parser.add_argument("--checkpoint", default=None, help="p2-cnn model file (default: runs/p2-cnn/model.pt)")
-    parser.add_argument("--dataset", default="cifar10", help="the dataset the model was trained on")
+    add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     print(__doc__.split("\n\n")[0])
