@@ -30,6 +30,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.augment import normalize  # noqa: E402
 from common.benchmark import environment_stamp, save_result, torch_threads  # noqa: E402
 from common.data import PUBLISHED_STATS, Split, load_dataset, torchvision_mnist_root  # noqa: E402
 from common.loaders import ImageTensorDataset, TensorLoader  # noqa: E402
@@ -43,7 +44,7 @@ class Evaluator:
     """Test accuracy on a pre-normalised tensor: the same, cheap yardstick for both contestants."""
 
     def __init__(self, test: Split):
-        self.x = ((test.images.float() / 255 - MEAN[0]) / STD[0])
+        self.x = normalize(test.images, MEAN, STD)
         self.y = test.labels
 
     @torch.inference_mode()

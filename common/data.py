@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from common import formats, standins
+from common.runs import atomic_torch_save
 from common.formats import DatasetCorruptError, DatasetError, DatasetNotFoundError
 
 __all__ = [
@@ -390,7 +391,7 @@ def load_image_folder(root: Path, *, name: str | None = None, image_size: tuple[
         train_x = torch.from_numpy(first)
         test_x = torch.from_numpy(formats.decode_images(test_paths, size=size, progress=bar))
         cached.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save({"train_images": train_x, "test_images": test_x}, cached)
+        atomic_torch_save({"train_images": train_x, "test_images": test_x}, cached)
     train = Split(train_x, torch.tensor(train_targets, dtype=torch.int64))
     test = Split(test_x, torch.tensor(test_targets, dtype=torch.int64))
     return ImageDataset(name, train, test, classes, source=f"image folder {root}")
@@ -479,9 +480,3 @@ def _fingerprint(paths: list[Path], extra: str = "") -> str:
         st = p.stat()
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

@@ -123,6 +123,9 @@ class TensorLoader:
         if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
             raise ValueError(f"mean/std have {len(self.mean)}/{len(self.std)} values for "
                              f"{self.images.shape[1]}-channel images")
+        # Built once on the device, not once per batch.
+        self._mean_t = torch.tensor(self.mean, dtype=dtype, device=self.device)
+        self._std_t = torch.tensor(self.std, dtype=dtype, device=self.device)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.augment = augment or BatchAugment()
         self.seed, self.epoch = seed, 0
@@ -151,7 +154,7 @@ class TensorLoader:
             x = self.images[idx]
             if self.augment.active:
                 x = self.augment(x, generator)
-            x = normalize(x, self.mean, self.std, self.dtype)
+            x = normalize(x, self._mean_t, self._std_t, self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]

@@ -44,6 +44,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` that never leaves half a file: serialise to memory, then write atomically."""
+    import io
+
+    import torch  # imported here: this module stays importable without torch (``make help``)
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types from tensors, NumPy scalars, paths and dataclasses; NaN becomes null."""
     if isinstance(value, dict):

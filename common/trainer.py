@@ -27,7 +27,6 @@ Everything else here is what a real project needs around those five lines:
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from contextlib import nullcontext
@@ -39,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from common.device import autocast_dtype, describe_device, resolve_device, seed_everything
-from common.runs import atomic_write_bytes, update_metrics
+from common.runs import atomic_torch_save, update_metrics
 from common.schedules import lr_multiplier
 
 CHECKPOINT_FORMAT = "ml60-checkpoint-v1"
@@ -331,10 +330,7 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a checkpoint atomically: to a temporary file, then renamed into place."""
-        buffer = io.BytesIO()
-        torch.save(self.checkpoint_state(), buffer)
-        atomic_write_bytes(Path(path), buffer.getvalue())
-        return Path(path)
+        return atomic_torch_save(self.checkpoint_state(), Path(path))
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimiser, schedule and history from ``path``.

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-from common.runs import runs_root  # standard library only, like this module
+from common import runs  # standard library only, like this module
+from common.runs import runs_root
 from ml60.milestones import MILESTONES, PHASE_TITLES, Milestone, by_id, in_phase
 
 
@@ -84,13 +85,13 @@ def cmd_phase(args: list[str]) -> int:
 
 
 def read_metrics(m: Milestone) -> dict | None:
-    path = runs_root() / m.id / "metrics.json"
-    if not path.is_file():
+    path = runs_root() / m.id
+    if not (path / "metrics.json").is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return runs.read_metrics(path)
     except (OSError, json.JSONDecodeError):
-        return {"_unreadable": str(path)}
+        return {"_unreadable": str(path / "metrics.json")}
 
 
 def key_figure_text(metrics: dict | None) -> str:

@@ -36,7 +36,7 @@ from common.data import PUBLISHED_STATS, load_dataset, torchvision_mnist_root
 from common.device import resolve_device
 from common.loaders import ImageTensorDataset, TensorLoader
 from common.plots import image_grid, plot_history, save
-from common.runs import atomic_write_bytes
+from common.runs import atomic_torch_save
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase1_foundation.models import SimpleNet, SmallCNN, WideMLP, parameter_count
 
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, history, predictions = train_seed_recipe(train_ds, test_ds, epochs=epochs, device=device, seed=args.seed)
     test_accuracy = history[-1]["val_accuracy"]
     seed_seconds = sum(h["seconds"] for h in history)
-    buffer = __import__("io").BytesIO()
-    torch.save(model.state_dict(), buffer)
-    atomic_write_bytes(run_dir / "model.pt", buffer.getvalue())
+    atomic_torch_save(model.state_dict(), run_dir / "model.pt")
 
     print("\n-- 2. The train/test gap --")
     _, train_accuracy, _ = evaluate(model, DataLoader(train_ds, batch_size=1000), device)

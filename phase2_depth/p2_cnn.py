@@ -28,7 +28,6 @@ architecture + normalisation, what p2-eval and p3-onnx load), ``last.pt``.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from common.device import resolve_device
-from common.runs import atomic_write_bytes
+from common.runs import atomic_torch_save
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from common.trainer import TrainConfig, Trainer
 from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, add_dataset_argument, cifar_splits
@@ -77,9 +76,7 @@ def save_model(path, model: FiveLayerCNN, splits, recipe: dict, **figures) -> No
                      "dropout": recipe["dropout"], "num_classes": model.classifier.out_features},
             "classes": list(splits.classes), "mean": list(splits.mean), "std": list(splits.std),
             "input_shape": [3, 32, 32], **figures}
-    buffer = io.BytesIO()
-    torch.save(blob, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(blob, path)
 
 
 def load_model(path) -> tuple[FiveLayerCNN, dict]:
@@ -118,6 +115,13 @@ def _native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(devnull)
         os.close(saved)
+
+
+def require_same_classes(path, blob: dict, classes: list[str]) -> None:
+    """A model is only meaningful on the classes it was trained on: refuse anything else."""
+    if list(blob["classes"]) != list(classes):
+        raise ValueError(f"{path} was trained on classes {blob['classes']} but the data has {list(classes)}: "
+                         "use it on the data it was trained for")
 
 
 def step_breakdown(model: nn.Module, loader, optimizer, steps: int = 4) -> dict:

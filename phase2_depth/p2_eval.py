@@ -35,7 +35,7 @@ from common.runs import atomic_write_bytes, runs_root
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase2_depth import evaluation
 from phase2_depth.data import add_dataset_argument, cifar_splits
-from phase2_depth.p2_cnn import load_model
+from phase2_depth.p2_cnn import load_model, require_same_classes
 
 MILESTONE = "p2-eval"
 
@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.to(device)
     splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
                           subset=(1000, 500, 2000) if args.quick else None)
-    if list(blob["classes"]) != list(splits.classes):
-        raise ValueError(f"{model_path} was trained on classes {blob['classes']} but the test data has "
-                         f"{splits.classes}: evaluate it on the data it was trained for")
+    require_same_classes(model_path, blob, splits.classes)
     test = splits.test
     print(f"[eval] {model_path}: widths {blob['arch']['widths']}, evaluated on {len(test):,} test images "
           f"with the training normalisation {tuple(round(m, 4) for m in blob['mean'])}")

@@ -23,22 +23,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
+from common.augment import normalize
 from common.runs import runs_root
 from common.script import finish_run, milestone_parser, start_run
 from phase2_depth.data import add_dataset_argument, cifar_splits
-from phase2_depth.p2_cnn import load_model
+from phase2_depth.p2_cnn import load_model, require_same_classes
 from phase3_production.onnx_export import export_onnx, onnx_session, parity, verify_onnx
 
 MILESTONE = "p3-onnx"
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 1000
-
-
-def normalised(images, mean, std) -> np.ndarray:
-    x = images.numpy().astype(np.float32) / 255.0
-    return (x - np.array(mean, np.float32)[None, :, None, None]) / np.array(std, np.float32)[None, :, None, None]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,10 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
                           subset=(1000, 500, PARITY_IMAGES) if args.quick else None)
-    if list(blob["classes"]) != list(splits.classes):
-        raise ValueError(f"{checkpoint} was trained on classes {blob['classes']}, the data has {splits.classes}")
+    require_same_classes(checkpoint, blob, splits.classes)
     test = splits.test.subset(PARITY_IMAGES, seed=args.seed)
-    x = normalised(test.images, blob["mean"], blob["std"])
+    x = normalize(test.images, blob["mean"], blob["std"]).numpy()  # the training normalisation
     print(f"\n-- 2. Parity on {len(x):,} test images: PyTorch eager vs ONNX Runtime (CPU, all optimisations) --")
     result = parity(model, onnx_session(run_dir / "model.onnx"), x)
     labels = test.labels.numpy()
