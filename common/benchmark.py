@@ -106,6 +106,9 @@ def measure_throughput(fn: Callable[[], object], items_per_call: int, *, warmup:
             "items_per_call": items_per_call, "latency": stats.to_dict()}
 
 
+ROUND_STATISTICS = ("mean_ms", "p50_ms", "p95_ms")
+
+
 @dataclass
 class Comparison:
     """Result of :func:`compare`: per-candidate stats and speed ratios against the baseline."""
@@ -113,15 +116,37 @@ class Comparison:
     baseline: str
     rounds: int
     stats: dict[str, LatencyStats]
-    round_medians_ms: dict[str, list[float]]
-    speedup_vs_baseline: dict[str, float]      # median over rounds of baseline/candidate
-    speedup_spread: dict[str, tuple[float, float]]  # min and max of the per-round ratios
+    round_stats: dict[str, list[LatencyStats]]  # one summary per candidate per round
     order: list[str]
+
+    @property
+    def round_medians_ms(self) -> dict[str, list[float]]:
+        return {n: [s.p50_ms for s in per_round] for n, per_round in self.round_stats.items()}
+
+    def ratios(self, slower: str, faster: str, statistic: str = "p50_ms") -> list[float]:
+        """Per-round ``statistic(slower) / statistic(faster)``: above 1 means ``faster`` is faster."""
+        return [getattr(s, statistic) / getattr(f, statistic) if getattr(f, statistic) > 0 else float("inf")
+                for s, f in zip(self.round_stats[slower], self.round_stats[faster])]
+
+    def speedup(self, slower: str, faster: str, statistic: str = "p50_ms") -> float:
+        """Median over rounds of :meth:`ratios`: robust to one noisy round."""
+        return statistics.median(self.ratios(slower, faster, statistic))
+
+    @property
+    def speedup_vs_baseline(self) -> dict[str, float]:
+        """Median over rounds of the baseline's median latency over each candidate's."""
+        return {n: self.speedup(self.baseline, n) for n in self.stats}
+
+    @property
+    def speedup_spread(self) -> dict[str, tuple[float, float]]:
+        """Smallest and largest per-round ratio behind :attr:`speedup_vs_baseline`."""
+        return {n: (min(r), max(r)) for n in self.stats for r in [self.ratios(self.baseline, n)]}
 
     def to_dict(self) -> dict:
         return {"baseline": self.baseline, "rounds": self.rounds, "order": self.order,
                 "stats": {k: v.to_dict() for k, v in self.stats.items()},
-                "round_medians_ms": self.round_medians_ms,
+                "round_stats": {n: {stat: [getattr(s, stat) for s in per_round] for stat in ROUND_STATISTICS}
+                                for n, per_round in self.round_stats.items()},
                 "speedup_vs_baseline": self.speedup_vs_baseline,
                 "speedup_spread": {k: list(v) for k, v in self.speedup_spread.items()}}
 
@@ -143,7 +168,9 @@ def compare(candidates: dict[str, Callable[[], object]], *, rounds: int = 5, rep
     Each round times ``repeats`` calls of every candidate, one candidate after
     another, with the starting candidate rotating from round to round.  The
     first candidate is the baseline; ``speedup_vs_baseline[name]`` is the median
-    over rounds of ``median(baseline) / median(name)`` in that round.
+    over rounds of ``median(baseline) / median(name)`` in that round, and
+    :meth:`Comparison.speedup` gives the same for any pair and any of the mean,
+    p50 or p95 (``round_stats`` keeps every round's summary).
     """
     names = list(candidates)
     if not names:
@@ -152,7 +179,7 @@ def compare(candidates: dict[str, Callable[[], object]], *, rounds: int = 5, rep
         for _ in range(warmup):
             candidates[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
-    round_medians: dict[str, list[float]] = {n: [] for n in names}
+    round_stats: dict[str, list[LatencyStats]] = {n: [] for n in names}
     order: list[str] = []
     for r in range(rounds):
         for k in range(len(names)):
@@ -160,15 +187,10 @@ def compare(candidates: dict[str, Callable[[], object]], *, rounds: int = 5, rep
             order.append(name)
             taken = time_calls(candidates[name], repeats, clock)
             samples[name].extend(taken)
-            round_medians[name].append(statistics.median(taken) * 1000.0)
-    base = names[0]
-    ratios = {n: [b / c if c > 0 else float("inf") for b, c in zip(round_medians[base], round_medians[n])]
-              for n in names}
-    return Comparison(baseline=base, rounds=rounds,
+            round_stats[name].append(LatencyStats.from_seconds(taken))
+    return Comparison(baseline=names[0], rounds=rounds,
                       stats={n: LatencyStats.from_seconds(samples[n]) for n in names},
-                      round_medians_ms=round_medians,
-                      speedup_vs_baseline={n: statistics.median(r) for n, r in ratios.items()},
-                      speedup_spread={n: (min(r), max(r)) for n, r in ratios.items()}, order=order)
+                      round_stats=round_stats, order=order)
 
 
 @contextmanager

@@ -83,6 +83,24 @@ def export_onnx(model: torch.nn.Module, blob: dict, checkpoint: Path, out_dir: P
     return manifest
 
 
+def manifest_entries(manifest: dict) -> list[dict]:
+    """The main model's entry, then each variant's (``{"onnx_file", "sha256", "bytes", ...}``)."""
+    return [manifest, *manifest.get("variants", {}).values()]
+
+
+def manifest_entry(manifest: dict, file_name: str) -> dict | None:
+    return next((e for e in manifest_entries(manifest) if e.get("onnx_file") == file_name), None)
+
+
+def add_variant(manifest_path: Path, key: str, onnx_path: Path, **details) -> dict:
+    """Record a derived model (the INT8 one, say) with its own sha256 in the manifest; return the manifest."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    manifest.setdefault("variants", {})[key] = {"onnx_file": onnx_path.name, "sha256": sha256_of(onnx_path),
+                                                "bytes": onnx_path.stat().st_size, **details}
+    write_json(Path(manifest_path), manifest)
+    return manifest
+
+
 def verify_onnx(onnx_path: Path, manifest_path: Path | None = None) -> dict:
     """Check an ONNX file against its manifest's sha256 and the ONNX checker; return the manifest.
 
@@ -100,10 +118,14 @@ def verify_onnx(onnx_path: Path, manifest_path: Path | None = None) -> dict:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    entry = manifest_entry(manifest, onnx_path.name)
+    if entry is None:
+        raise ValueError(f"{onnx_path}: not listed in {manifest_path} (which knows "
+                         f"{', '.join(e['onnx_file'] for e in manifest_entries(manifest))})")
     actual = sha256_of(onnx_path)
-    if actual != manifest.get("sha256"):
+    if actual != entry.get("sha256"):
         raise ValueError(f"{onnx_path}: sha256 {actual[:16]}... does not match the manifest's "
-                         f"{str(manifest.get('sha256'))[:16]}...: the file was changed or damaged after export")
+                         f"{str(entry.get('sha256'))[:16]}...: the file was changed or damaged after export")
     try:
         onnx.checker.check_model(onnx.load(str(onnx_path)))
     except Exception as exc:  # onnx raises several types for damaged files
@@ -111,15 +133,27 @@ def verify_onnx(onnx_path: Path, manifest_path: Path | None = None) -> dict:
     return manifest
 
 
-def onnx_session(onnx_path: Path, threads: int | None = None):
-    """An ONNX Runtime session on the CPU, all graph optimisations on."""
+def onnx_session(onnx_path: Path, threads: int | None = None, *,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), spinning: bool = False):
+    """An ONNX Runtime session with all graph optimisations on.
+
+    ``threads``: size of the intra-op pool (``None``: ONNX Runtime's default,
+    one per core).  ``spinning``: ONNX Runtime's pool threads busy-wait after
+    each call by default, which saves microseconds when calls come back to
+    back but steals the cores from everything else in the process - the
+    PyTorch engines interleaved in the benchmark, the HTTP server in p3-serve.
+    We switch it off; on a 2-core machine it cut the p99 of an interleaved
+    neighbour from 13.9 ms to 2.7 ms.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(onnx_path), options, providers=list(providers))
 
 
 def parity(model: torch.nn.Module, session, images: np.ndarray, batch_size: int = 250) -> dict:

@@ -1,4 +1,4 @@
-"""p3-onnx (days 41-45): export the phase 2 CNN to ONNX and prove it computes the same thing.
+"""p3-onnx (days 41-45): export the phase 2 CNN to ONNX, prove it computes the same thing, make it fast.
 
 What to take from it:
 
@@ -6,39 +6,54 @@ What to take from it:
    file serves batch 1 and batch 64), checked by ``onnx.checker``.
 2. **The file describes itself**: class names, input shape, normalisation
    and the source checkpoint's sha256 live in the model's metadata, and
-   ``manifest.json`` beside it records the ONNX file's own sha256, which the
+   ``manifest.json`` beside it records each ONNX file's own sha256, which the
    service (p3-serve) verifies before it loads anything.
 3. **Parity, or it did not happen**: on 1,000 real test images the PyTorch
    and ONNX Runtime logits must agree to 1e-4 and every predicted class must
    match.  A failed parity check fails the milestone.
-
-Still to come in this milestone (not in this file yet): static INT8
-quantization and the PyTorch vs ONNX Runtime latency benchmark.
+4. **INT8**: static quantization (QDQ, per-channel weights, calibrated on
+   training images) against dynamic quantization, with accuracy and size.
+5. **A fair benchmark**: PyTorch eager, TorchScript, ONNX Runtime fp32 and
+   INT8, batch 1/8/64, one thread and all threads, interleaved in rounds;
+   mean/p50/p95/p99, images/s, speedups as medians of per-round ratios.
 
 Run: ``make p3-onnx`` (after ``make p2-cnn``).  Writes ``runs/p3-onnx/``:
-``model.onnx``, ``manifest.json``, ``metrics.json``.
+``model.onnx``, ``model.int8.onnx``, ``model.int8_dynamic.onnx``,
+``manifest.json``, ``benchmark.json`` / ``benchmark.md`` / ``latency.png``,
+``metrics.json``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
 from common.augment import normalize
-from common.runs import runs_root
-from common.script import finish_run, milestone_parser, start_run
+from common.benchmark import environment_stamp, save_result
+from common.runs import runs_root, write_json
+from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase2_depth.p2_cnn import load_model, require_same_classes
-from phase3_production.onnx_export import export_onnx, onnx_session, parity, verify_onnx
+from phase3_production.inference_benchmark import (BASELINE, build_engines, markdown_table, plot_latencies,
+                                                  run_grid, usable_cores)
+from phase3_production.inference_benchmark import accuracy as engine_accuracy
+from phase3_production.onnx_export import add_variant, export_onnx, onnx_session, parity, verify_onnx
+from phase3_production.quantize import quantize_dynamic_int8, quantize_static_int8
 
 MILESTONE = "p3-onnx"
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 1000
+CALIBRATION_IMAGES = 512          # from the training split, never the test split
+BATCH_SIZES = (1, 8, 64)
+# Targets for a full run on a 2-core CPU, batch 1, one thread (medians of interleaved rounds).
+TARGETS = {"ort_fp32_vs_eager": 2.5, "int8_vs_fp32": 1.3, "int8_accuracy_loss_points": 0.5, "int8_size_ratio": 3.5}
+# A quick run's model is barely trained on 1,000 images and scored on 1,000: one image is 0.1 points.
+QUICK_INT8_ACCURACY_LOSS_POINTS = 2.0
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
     parser.add_argument("--checkpoint", default=None, help="p2-cnn model file (default: runs/p2-cnn/model.pt)")
+    parser.add_argument("--rounds", type=int, default=None, help="benchmark rounds (default 5; quick 2)")
     add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
@@ -59,26 +74,96 @@ def main(argv: list[str] | None = None) -> dict:
     x = normalize(test.images, blob["mean"], blob["std"]).numpy()  # the training normalisation
     print(f"\n-- 2. Parity on {len(x):,} test images: PyTorch eager vs ONNX Runtime (CPU, all optimisations) --")
     result = parity(model, onnx_session(run_dir / "model.onnx"), x)
-    labels = test.labels.numpy()
-    accuracy = {"pytorch": float((result["torch_logits"].argmax(1) == labels).mean()),
-                "onnx_fp32": float((result["onnx_logits"].argmax(1) == labels).mean())}
     passed = result["max_abs_diff"] <= PARITY_TOLERANCE and result["same_class"] == len(x)
     print(f"  max |logit difference| {result['max_abs_diff']:.2e} (tolerance {PARITY_TOLERANCE:g}); "
-          f"same class for {result['same_class']:,}/{len(x):,} images; accuracy on them "
-          f"{100 * accuracy['pytorch']:.2f}% / {100 * accuracy['onnx_fp32']:.2f}%")
+          f"same class for {result['same_class']:,}/{len(x):,} images")
     if not passed:
         raise SystemExit(f"PARITY FAILED: max |diff| {result['max_abs_diff']:.2e}, "
                          f"{len(x) - result['same_class']} images classified differently")
 
+    n_calibration = 128 if args.quick else CALIBRATION_IMAGES
+    calibration = splits.train.subset(min(n_calibration, len(splits.train.labels)), seed=args.seed)
+    print(f"\n-- 3. INT8: static (QDQ, per-channel, calibrated on {len(calibration.labels)} training images) "
+          "and dynamic --")
+    files = {"fp32": run_dir / "model.onnx", "int8": run_dir / "model.int8.onnx",
+             "int8_dynamic": run_dir / "model.int8_dynamic.onnx"}
+    static_info = quantize_static_int8(files["fp32"], files["int8"],
+                                       normalize(calibration.images, blob["mean"], blob["std"]).numpy())
+    dynamic_info = quantize_dynamic_int8(files["fp32"], files["int8_dynamic"])
+    for key, info in (("int8", static_info), ("int8_dynamic", dynamic_info)):
+        manifest = add_variant(run_dir / "manifest.json", key, files[key], quantization=info)
+        verify_onnx(files[key])
+    sizes = {key: path.stat().st_size for key, path in files.items()}
+    for key, size in sizes.items():
+        print(f"  {files[key].name:<26} {size / 1e6:6.2f} MB  ({sizes['fp32'] / size:.2f}x smaller than fp32)")
+
+    engines = build_engines(model, checkpoint, files)
+    scored = splits.test if not args.quick else test
+    x_scored = normalize(scored.images, blob["mean"], blob["std"]).numpy()
+    print(f"\n-- 4. Test accuracy of every engine on {len(x_scored):,} test images --")
+    accuracy = {}
+    for engine in engines:
+        accuracy[engine.name] = engine_accuracy(engine.make_runner(usable_cores()), x_scored, scored.labels.numpy())
+        print(f"  {engine.name:<22} {100 * accuracy[engine.name]:6.2f}%   {engine.description}")
+    int8_loss_points = 100 * (accuracy["ort_fp32"] - accuracy["ort_int8"])
+
+    rounds = args.rounds or (2 if args.quick else 5)
+    repeats = {1: 10, 8: 4, 64: 2} if args.quick else {1: 100, 8: 25, 64: 6}
+    print(f"\n-- 5. Latency, interleaved: {len(engines)} engines, batch {'/'.join(map(str, BATCH_SIZES))}, "
+          f"1 thread and all threads, {rounds} rounds --")
+    grid = run_grid(engines, x, batch_sizes=BATCH_SIZES, thread_counts=(1, None), rounds=rounds, repeats=repeats)
+    rows = grid.rows()
+    bytes_by_engine = {e.name: e.model_bytes for e in engines}
+    for row in rows:
+        row["test_accuracy"], row["model_bytes"] = accuracy[row["engine"]], bytes_by_engine[row["engine"]]
+    table = markdown_table(rows, accuracy, bytes_by_engine)
+    print(table)
+    one = grid.cells[(1, 1)]
+    targets = {
+        "ort_fp32_vs_eager_mean": one.speedup(BASELINE, "ort_fp32", "mean_ms"),
+        "ort_fp32_vs_eager_p95": one.speedup(BASELINE, "ort_fp32", "p95_ms"),
+        "int8_vs_fp32_mean": one.speedup("ort_fp32", "ort_int8", "mean_ms"),
+        "int8_vs_fp32_p95": one.speedup("ort_fp32", "ort_int8", "p95_ms"),
+        "int8_dynamic_vs_fp32_mean": one.speedup("ort_fp32", "ort_int8_dynamic", "mean_ms"),
+        "int8_accuracy_loss_points": int8_loss_points,
+        "int8_size_ratio": sizes["fp32"] / sizes["int8"],
+    }
+    environment = environment_stamp()
+    benchmark = {"rows": rows, "targets_batch1_one_thread": targets, "rounds": rounds, "repeats": repeats,
+                 "engines": {e.name: e.description for e in engines},
+                 "cells": {f"threads{t}_batch{b}": c.to_dict() for (t, b), c in grid.cells.items()}}
+    write_json(run_dir / "benchmark.json", {"environment": environment, **benchmark})
+    (run_dir / "benchmark.md").write_text(f"{table}\n\nEnvironment: {environment['cpu']}, "
+                                          f"{environment['usable_cores']} cores, torch {environment['torch']}, "
+                                          f"onnxruntime {environment['onnxruntime']}\n")
+    plot_latencies(grid, run_dir / "latency.png")
+    print(f"\n  batch 1, one thread (medians of per-round ratios): ONNX Runtime fp32 "
+          f"{targets['ort_fp32_vs_eager_mean']:.2f}x eager on the mean, {targets['ort_fp32_vs_eager_p95']:.2f}x on p95;"
+          f" static INT8 {targets['int8_vs_fp32_mean']:.2f}x fp32; dynamic INT8 "
+          f"{targets['int8_dynamic_vs_fp32_mean']:.2f}x fp32 (below 1: slower)")
+
     label = "" if splits.dataset.real else " (stand-in data)"
-    print(f"\nResult: parity holds ({result['max_abs_diff']:.1e}). Wrote {run_dir}/model.onnx and manifest.json")
+    metrics = dict(data=splits.dataset.provenance() | {"parity_images": len(x), "accuracy_images": len(x_scored)},
+                   checkpoint=str(checkpoint), manifest=manifest, parity_max_abs_diff=result["max_abs_diff"],
+                   parity_same_class=result["same_class"], parity_images=len(x), parity_tolerance=PARITY_TOLERANCE,
+                   test_accuracy=accuracy, model_bytes=sizes,
+                   quantization={"static": static_info, "dynamic": dynamic_info,
+                                 "int8_accuracy_loss_points": int8_loss_points,
+                                 "int8_size_ratio": targets["int8_size_ratio"]},
+                   benchmark={"rows": rows, "targets_batch1_one_thread": targets, "rounds": rounds})
+    if not args.quick and splits.dataset.real:
+        save_result("p3_onnx", {"command": "make p3-onnx", **benchmark, "test_accuracy": accuracy,
+                                "model_bytes": sizes, "parity_max_abs_diff": result["max_abs_diff"]})
+    print(f"\nResult: parity {result['max_abs_diff']:.1e}; ONNX Runtime {targets['ort_fp32_vs_eager_mean']:.2f}x "
+          f"eager, INT8 {targets['int8_vs_fp32_mean']:.2f}x fp32 at batch 1, one thread; "
+          f"INT8 accuracy {100 * accuracy['ort_int8']:.2f}% vs {100 * accuracy['ort_fp32']:.2f}%{label}. "
+          f"Wrote {run_dir}/")
     return finish_run(run_dir, MILESTONE, args,
-                      key_figure={"name": "parity_max_abs_diff", "value": result["max_abs_diff"],
-                                  "display": f"ONNX parity {result['max_abs_diff']:.1e} on {len(x):,} images{label}"},
-                      data=splits.dataset.provenance() | {"parity_images": len(x)},
-                      checkpoint=str(checkpoint), manifest=manifest, parity_max_abs_diff=result["max_abs_diff"],
-                      parity_same_class=result["same_class"], parity_images=len(x),
-                      parity_tolerance=PARITY_TOLERANCE, test_accuracy=accuracy)
+                      key_figure={"name": "ort_fp32_vs_eager_mean", "value": targets["ort_fp32_vs_eager_mean"],
+                                  "display": f"parity {result['max_abs_diff']:.0e}; ORT "
+                                             f"{targets['ort_fp32_vs_eager_mean']:.1f}x eager, INT8 "
+                                             f"{targets['int8_vs_fp32_mean']:.1f}x ORT{label}"},
+                      **metrics)
 
 
 def check(metrics: dict) -> list[str]:
@@ -90,7 +175,22 @@ def check(metrics: dict) -> list[str]:
     if len(metrics.get("manifest", {}).get("sha256", "")) != 64:
         problems.append("no sha256 in the manifest")
     if "quantization" not in metrics or "benchmark" not in metrics:
-        problems.append("INT8 quantization and the latency benchmark are not built yet")
+        return problems + ["no INT8 quantization or benchmark in this run"]
+    full = is_full_real_run(metrics)
+    loss = metrics["quantization"]["int8_accuracy_loss_points"]
+    limit = TARGETS["int8_accuracy_loss_points"] if full else QUICK_INT8_ACCURACY_LOSS_POINTS
+    if not loss <= limit:
+        problems.append(f"static INT8 loses {loss:.2f} accuracy points (limit {limit})")
+    if not metrics["quantization"]["int8_size_ratio"] >= TARGETS["int8_size_ratio"]:
+        problems.append(f"INT8 file only {metrics['quantization']['int8_size_ratio']:.2f}x smaller "
+                        f"(target {TARGETS['int8_size_ratio']}x)")
+    if full:  # speed targets: full runs only (a quick run times a handful of calls)
+        t = metrics["benchmark"]["targets_batch1_one_thread"]
+        for key, target in (("ort_fp32_vs_eager_mean", TARGETS["ort_fp32_vs_eager"]),
+                            ("ort_fp32_vs_eager_p95", TARGETS["ort_fp32_vs_eager"]),
+                            ("int8_vs_fp32_mean", TARGETS["int8_vs_fp32"])):
+            if not t[key] >= target:
+                problems.append(f"{key} {t[key]:.2f}x below the {target}x target (batch 1, one thread)")
     return problems
 
 

@@ -81,6 +81,25 @@ def test_compare_interleaves_rounds_and_reports_ratios():
     assert "| fast |" in result.table()
 
 
+def test_speedup_on_mean_and_tail_is_computed_per_round_then_medianed():
+    """A candidate that is fast at the median but has a slow tail: p50 and p95 ratios must differ."""
+    clock = FakeClock([])
+    spiky_calls = iter(range(10_000))
+
+    def steady():
+        clock.now += 0.002
+
+    def spiky():  # 1 ms, except every third call takes 10 ms
+        clock.now += 0.010 if next(spiky_calls) % 3 == 2 else 0.001
+
+    result = compare({"steady": steady, "spiky": spiky}, rounds=3, repeats=3, warmup=0, clock=clock)
+    assert result.speedup("steady", "spiky", "p50_ms") == pytest.approx(2.0)
+    assert result.speedup("steady", "spiky", "mean_ms") == pytest.approx(0.5)   # 2 / (12/3)
+    assert result.speedup("steady", "spiky", "p95_ms") == pytest.approx(2.0 / 9.1)
+    assert result.ratios("steady", "spiky") == pytest.approx([2.0, 2.0, 2.0])
+    assert result.to_dict()["round_stats"]["spiky"]["p50_ms"] == pytest.approx([1.0, 1.0, 1.0])
+
+
 def test_thread_count_is_restored():
     import torch
 

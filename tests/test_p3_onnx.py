@@ -1,8 +1,4 @@
-"""p3-onnx, first slice: export, self-describing metadata, manifest hash, parity, clear errors.
-
-INT8 quantization and the latency benchmark are the next slice; until then the milestone's
-check says so rather than passing.
-"""
+"""p3-onnx: export, self-describing metadata, manifest hashes, parity, INT8, the benchmark's output, clear errors."""
 
 from __future__ import annotations
 
@@ -34,8 +30,7 @@ def exported(tmp_path_factory):
 
 def test_export_passes_parity_and_its_check(exported):
     runs, metrics = exported
-    # Export and parity pass; the check still reports the parts of p3-onnx that are not built yet.
-    assert p3_onnx.check(metrics) == ["INT8 quantization and the latency benchmark are not built yet"]
+    assert p3_onnx.check(metrics) == []
     assert metrics["parity_max_abs_diff"] <= 1e-4 and metrics["parity_same_class"] == metrics["parity_images"] == 1000
     manifest = json.loads((runs / "p3-onnx" / "manifest.json").read_text())
     assert manifest["sha256"] == sha256_of(runs / "p3-onnx" / "model.onnx")
@@ -83,3 +78,89 @@ def test_missing_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"definitely not torch")
     with pytest.raises(ValueError, match="bad.pt"):
         p3_onnx.main(["--quick", "--checkpoint", str(tmp_path / "bad.pt"), "--run-dir", str(tmp_path / "o")])
+
+
+def test_int8_models_are_smaller_hashed_and_within_the_accuracy_bound(exported):
+    runs, metrics = exported
+    manifest = json.loads((runs / "p3-onnx" / "manifest.json").read_text())
+    for key in ("int8", "int8_dynamic"):
+        entry = manifest["variants"][key]
+        assert entry["sha256"] == sha256_of(runs / "p3-onnx" / entry["onnx_file"])
+        assert verify_onnx(runs / "p3-onnx" / entry["onnx_file"])["sha256"] == manifest["sha256"]
+    q = metrics["quantization"]
+    assert q["static"]["calibration_source"] == "training split" and q["static"]["per_channel"]
+    assert q["int8_size_ratio"] >= 3.5
+    accuracy = metrics["test_accuracy"]
+    assert accuracy["ort_fp32"] == accuracy["pytorch_eager"] > 0.3   # the quick model learned something
+    assert 100 * (accuracy["ort_fp32"] - accuracy["ort_int8"]) <= p3_onnx.QUICK_INT8_ACCURACY_LOSS_POINTS
+    assert q["int8_accuracy_loss_points"] == pytest.approx(100 * (accuracy["ort_fp32"] - accuracy["ort_int8"]))
+
+
+def test_int8_model_keeps_the_metadata_a_service_needs(exported):
+    import onnx
+
+    runs, _ = exported
+    meta = {p.key: p.value for p in onnx.load(str(runs / "p3-onnx" / "model.int8.onnx")).metadata_props}
+    assert "class_names" in meta and "normalize_std" in meta and "calibrated on 128 training images" in meta["quantization"]
+
+
+def test_benchmark_writes_every_engine_batch_and_thread_count(exported):
+    runs, metrics = exported
+    rows = metrics["benchmark"]["rows"]
+    engines = {"pytorch_eager", "pytorch_torchscript", "ort_fp32", "ort_int8", "ort_int8_dynamic"}
+    cells = {(r["threads"], r["batch"]) for r in rows}
+    assert {b for _, b in cells} == {1, 8, 64} and 1 in {t for t, _ in cells}
+    for cell in cells:
+        assert {r["engine"] for r in rows if (r["threads"], r["batch"]) == cell} >= engines
+    for r in rows:
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["mean_ms"] > 0 and r["images_per_s"] > 0
+        assert r["speedup_vs_eager"] > 0 and r["model_bytes"] > 0
+        if r["engine"] == "pytorch_eager":
+            assert r["speedup_vs_eager"] == 1.0
+    assert not any(r["engine"].startswith(("pytorch_cuda", "ort_cuda")) for r in rows) or _cuda()
+    targets = metrics["benchmark"]["targets_batch1_one_thread"]
+    assert set(targets) >= {"ort_fp32_vs_eager_mean", "ort_fp32_vs_eager_p95", "int8_vs_fp32_mean"}
+    out = runs / "p3-onnx"
+    stored = json.loads((out / "benchmark.json").read_text())
+    assert stored["environment"]["cpu"] and len(stored["rows"]) == len(rows)
+    table = (out / "benchmark.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == len(rows) + 1 and "| 1 | 1 | ort_int8 |" in table
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_check_fails_a_full_run_that_misses_a_target(exported):
+    _, metrics = exported
+    full = json.loads(json.dumps(metrics))
+    full["quick"], full["data"]["real_data"] = False, True
+    full["benchmark"]["targets_batch1_one_thread"].update(ort_fp32_vs_eager_mean=2.0, int8_vs_fp32_mean=1.5,
+                                                          ort_fp32_vs_eager_p95=3.0)
+    full["quantization"]["int8_accuracy_loss_points"] = 0.7
+    problems = p3_onnx.check(full)
+    assert any("ort_fp32_vs_eager_mean 2.00x" in p for p in problems)
+    assert any("loses 0.70 accuracy points (limit 0.5)" in p for p in problems)
+    assert not any("p95" in p or "int8_vs_fp32" in p for p in problems)
+
+
+def test_a_variant_missing_from_the_manifest_is_refused(exported, tmp_path):
+    runs, _ = exported
+    (tmp_path / "other.onnx").write_bytes((runs / "p3-onnx" / "model.int8.onnx").read_bytes())
+    (tmp_path / "manifest.json").write_text((runs / "p3-onnx" / "manifest.json").read_text())
+    with pytest.raises(ValueError, match=r"other.onnx: not listed in .*manifest.json"):
+        verify_onnx(tmp_path / "other.onnx")
+
+
+def test_quantize_refuses_a_missing_model_and_malformed_calibration_images(tmp_path):
+    import numpy as np
+
+    from phase3_production.quantize import ArrayCalibrationReader, quantize_static_int8
+
+    with pytest.raises(FileNotFoundError, match="absent.onnx"):
+        quantize_static_int8(tmp_path / "absent.onnx", tmp_path / "out.onnx", np.zeros((4, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="float32 N x C x H x W"):
+        ArrayCalibrationReader(np.zeros((4, 32, 32), np.float32), "images")
