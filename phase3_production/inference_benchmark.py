@@ -56,8 +56,8 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def ort_runner(path: Path, threads: int, providers=("CPUExecutionProvider",)) -> Runner:
-    session = onnx_session(path, threads, providers=tuple(providers))
+def ort_runner(path: Path, threads: int, providers=("CPUExecutionProvider",), spinning: bool = False) -> Runner:
+    session = onnx_session(path, threads, providers=tuple(providers), spinning=spinning)
     input_name = session.get_inputs()[0].name
     return lambda x: session.run(None, {input_name: x})[0]
 
@@ -82,7 +82,7 @@ def torchscript_frozen(model: torch.nn.Module) -> torch.jit.ScriptModule:
 
 
 def build_engines(model: torch.nn.Module, checkpoint: Path, onnx_paths: dict[str, Path],
-                  cuda: bool | None = None) -> list[Engine]:
+                  cuda: bool | None = None, ort_spinning: bool = False) -> list[Engine]:
     """The engines to compare; ``onnx_paths`` maps ``fp32``/``int8``/``int8_dynamic`` to files."""
     import onnxruntime as ort
 
@@ -98,7 +98,7 @@ def build_engines(model: torch.nn.Module, checkpoint: Path, onnx_paths: dict[str
                  "int8_dynamic": "ONNX Runtime dynamic INT8"}
     for key, path in onnx_paths.items():
         engines.append(Engine(f"ort_{key}", described[key], Path(path).stat().st_size,
-                              lambda t, p=path: ort_runner(p, t)))
+                              lambda t, p=path: ort_runner(p, t, spinning=ort_spinning)))
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
         model32 = copy.deepcopy(model).cuda().eval()
@@ -197,6 +197,8 @@ def markdown_table(rows: list[dict], accuracy_by_engine: dict[str, float], bytes
 
 def plot_latencies(grid: Grid, path: Path) -> Path:
     """Box plots of every latency sample: one panel per (threads, batch), log scale, one box per engine."""
+    from matplotlib.ticker import FuncFormatter
+
     from common.plots import plt, save
 
     keys = list(grid.cells)
@@ -214,6 +216,9 @@ def plot_latencies(grid: Grid, path: Path) -> Path:
             ax.set_xticks(range(1, len(names) + 1), [n.replace("pytorch_", "pt_") for n in names],
                           rotation=35, ha="right", fontsize=8)
             ax.set_yscale("log")
+            for axis in (ax.yaxis,):
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "1235" else ""))
             ax.set_title(f"batch {batch}, {threads} thread{'s' if threads > 1 else ''}", fontsize=10)
             ax.grid(alpha=0.3, axis="y")
             if j == 0:

@@ -142,8 +142,8 @@ def onnx_session(onnx_path: Path, threads: int | None = None, *,
     each call by default, which saves microseconds when calls come back to
     back but steals the cores from everything else in the process - the
     PyTorch engines interleaved in the benchmark, the HTTP server in p3-serve.
-    We switch it off; on a 2-core machine it cut the p99 of an interleaved
-    neighbour from 13.9 ms to 2.7 ms.
+    We switch it off by default (``make p3-onnx ARGS=--ort-spinning`` shows
+    the difference).
     """
     import onnxruntime as ort
 

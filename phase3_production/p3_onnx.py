@@ -53,7 +53,11 @@ QUICK_INT8_ACCURACY_LOSS_POINTS = 2.0
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
     parser.add_argument("--checkpoint", default=None, help="p2-cnn model file (default: runs/p2-cnn/model.pt)")
-    parser.add_argument("--rounds", type=int, default=None, help="benchmark rounds (default 5; quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="benchmark rounds (default 7; quick 2)")
+    parser.add_argument("--accuracy-images", type=int, default=None,
+                        help="score each engine on this many test images (default: all; quick: 1,000)")
+    parser.add_argument("--ort-spinning", action="store_true",
+                        help="let ONNX Runtime's threads busy-wait between calls (its default; off here)")
     add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
@@ -97,8 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
     for key, size in sizes.items():
         print(f"  {files[key].name:<26} {size / 1e6:6.2f} MB  ({sizes['fp32'] / size:.2f}x smaller than fp32)")
 
-    engines = build_engines(model, checkpoint, files)
-    scored = splits.test if not args.quick else test
+    engines = build_engines(model, checkpoint, files, ort_spinning=args.ort_spinning)
+    scored = test if args.quick else splits.test
+    if args.accuracy_images:
+        scored = splits.test.subset(args.accuracy_images, seed=args.seed)
     x_scored = normalize(scored.images, blob["mean"], blob["std"]).numpy()
     print(f"\n-- 4. Test accuracy of every engine on {len(x_scored):,} test images --")
     accuracy = {}
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {engine.name:<22} {100 * accuracy[engine.name]:6.2f}%   {engine.description}")
     int8_loss_points = 100 * (accuracy["ort_fp32"] - accuracy["ort_int8"])
 
-    rounds = args.rounds or (2 if args.quick else 5)
+    rounds = args.rounds or (2 if args.quick else 7)
     repeats = {1: 10, 8: 4, 64: 2} if args.quick else {1: 100, 8: 25, 64: 6}
     print(f"\n-- 5. Latency, interleaved: {len(engines)} engines, batch {'/'.join(map(str, BATCH_SIZES))}, "
           f"1 thread and all threads, {rounds} rounds --")
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     environment = environment_stamp()
     benchmark = {"rows": rows, "targets_batch1_one_thread": targets, "rounds": rounds, "repeats": repeats,
+                 "ort_spinning": args.ort_spinning,
                  "engines": {e.name: e.description for e in engines},
                  "cells": {f"threads{t}_batch{b}": c.to_dict() for (t, b), c in grid.cells.items()}}
     write_json(run_dir / "benchmark.json", {"environment": environment, **benchmark})
@@ -150,8 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
                    quantization={"static": static_info, "dynamic": dynamic_info,
                                  "int8_accuracy_loss_points": int8_loss_points,
                                  "int8_size_ratio": targets["int8_size_ratio"]},
-                   benchmark={"rows": rows, "targets_batch1_one_thread": targets, "rounds": rounds})
-    if not args.quick and splits.dataset.real:
+                   benchmark={"rows": rows, "targets_batch1_one_thread": targets, "rounds": rounds,
+                              "ort_spinning": args.ort_spinning})
+    if not args.quick and splits.dataset.real and not args.ort_spinning and not args.accuracy_images:
         save_result("p3_onnx", {"command": "make p3-onnx", **benchmark, "test_accuracy": accuracy,
                                 "model_bytes": sizes, "parity_max_abs_diff": result["max_abs_diff"]})
     print(f"\nResult: parity {result['max_abs_diff']:.1e}; ONNX Runtime {targets['ort_fp32_vs_eager_mean']:.2f}x "
