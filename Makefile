@@ -28,7 +28,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test progress phase1 phase2 phase3 bench bench-p1 clean $(MILESTONES)
+.PHONY: help install quickstart test progress phase1 phase2 phase3 bench bench-p1 bench-p2 clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -61,6 +61,9 @@ phase1 phase2 phase3: $(STAMP)
 # Benchmarks measure speed side by side and write benchmarks/results/<name>.json.
 bench-p1: $(STAMP)
 	$(PY) benchmarks/bench_p1.py $(QUICK_FLAG) $(ARGS)
+
+bench-p2: $(STAMP)
+	$(PY) benchmarks/bench_p2.py $(QUICK_FLAG) $(ARGS)
 
 bench: $(STAMP)
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmark scripts yet in benchmarks/"; exit 2; }

@@ -13,8 +13,9 @@ The clock runs only while training: both are paused for the same test-set
 evaluation, taken every ``--eval-every`` training images, so the figure is
 "training time until the first evaluation at or above the target".
 
-Run: ``make bench-p1`` (or ``python benchmarks/bench_p1.py --rounds 5 --threads 1``).
-Writes ``benchmarks/results/bench_p1.json`` (``bench_p1_quick.json`` in quick mode).
+Run: ``make bench-p1`` (or ``python benchmarks/bench_p1.py --rounds 5 --threads 1``;
+``--device cuda --target 0.98`` on a GPU).  Writes ``benchmarks/results/bench_p1.json``
+(``bench_p1_cuda.json`` on a GPU, ``..._quick.json`` in quick mode).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.augment import normalize  # noqa: E402
 from common.benchmark import environment_stamp, save_result, torch_threads  # noqa: E402
 from common.data import PUBLISHED_STATS, Split, load_dataset, torchvision_mnist_root  # noqa: E402
+from common.device import resolve_device  # noqa: E402
 from common.loaders import ImageTensorDataset, TensorLoader  # noqa: E402
 from common.schedules import lr_multiplier  # noqa: E402
 from phase1_foundation.models import SimpleNet  # noqa: E402
@@ -40,12 +42,19 @@ from phase1_foundation.models import SimpleNet  # noqa: E402
 MEAN, STD = PUBLISHED_STATS["mnist"]
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that the clock measures work done, not work queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Evaluator:
     """Test accuracy on a pre-normalised tensor: the same, cheap yardstick for both contestants."""
 
-    def __init__(self, test: Split):
-        self.x = normalize(test.images, MEAN, STD)
-        self.y = test.labels
+    def __init__(self, test: Split, device: torch.device = torch.device("cpu")):
+        self.x = normalize(test.images, MEAN, STD).to(device)
+        self.y = test.labels.to(device)
+        self.device = device
 
     @torch.inference_mode()
     def __call__(self, model: nn.Module) -> float:
@@ -60,11 +69,13 @@ def run_to_target(batches, model, optimizer, evaluate: Evaluator, *, target: flo
                   max_epochs: int, train_size: int, on_step=None) -> dict:
     """Train until test accuracy >= target; the clock excludes evaluations."""
     criterion = nn.CrossEntropyLoss()
+    device = evaluate.device
     trained_s, seen, since_eval, step = 0.0, 0, 0, 0
     accuracy = 0.0
     for epoch in range(max_epochs):
         start = time.perf_counter()
         for x, y in batches(epoch):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad()
             criterion(model(x), y).backward()
             optimizer.step()
@@ -74,6 +85,7 @@ def run_to_target(batches, model, optimizer, evaluate: Evaluator, *, target: flo
             seen += len(y)
             since_eval += len(y)
             if since_eval >= eval_every:
+                sync(device)
                 trained_s += time.perf_counter() - start
                 accuracy = evaluate(model)
                 since_eval = 0
@@ -81,6 +93,7 @@ def run_to_target(batches, model, optimizer, evaluate: Evaluator, *, target: flo
                     return {"seconds": trained_s, "images": seen, "epochs": seen / train_size,
                             "accuracy": accuracy, "reached": True}
                 start = time.perf_counter()
+        sync(device)
         trained_s += time.perf_counter() - start
     return {"seconds": trained_s, "images": seen, "epochs": seen / train_size, "accuracy": accuracy,
             "reached": False}
@@ -98,8 +111,8 @@ def classic_run(data, data_dir, evaluate, args, seed: int) -> dict:
     else:  # quick mode, or the stand-in: the same 6,000 images the fast path gets
         train_ds = ImageTensorDataset(data.train.subset(6000, seed=0), transform)
     torch.manual_seed(seed)
-    loader = DataLoader(train_ds, batch_size=64, shuffle=True)
-    model = SimpleNet()
+    loader = DataLoader(train_ds, batch_size=64, shuffle=True, pin_memory=evaluate.device.type == "cuda")
+    model = SimpleNet().to(evaluate.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     return run_to_target(lambda epoch: loader, model, optimizer, evaluate, target=args.target,
                          eval_every=args.eval_every, max_epochs=args.max_epochs, train_size=len(train_ds))
@@ -114,9 +127,9 @@ FAST_RECIPE = {"batch_size": 256, "lr": 1.2e-2, "schedule": "onecycle", "planned
 
 def fast_run(data, evaluate, args, seed: int) -> dict:
     train = data.train.subset(6000, seed=0) if args.quick else data.train
-    loader = TensorLoader(train, FAST_RECIPE["batch_size"], mean=MEAN, std=STD, seed=seed)
+    loader = TensorLoader(train, FAST_RECIPE["batch_size"], mean=MEAN, std=STD, seed=seed, device=evaluate.device)
     torch.manual_seed(seed)
-    model = SimpleNet()
+    model = SimpleNet().to(evaluate.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=FAST_RECIPE["lr"])
     total = round(FAST_RECIPE["planned_images"] / FAST_RECIPE["batch_size"])
 
@@ -142,6 +155,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both contestants (default: all usable cores)")
     parser.add_argument("--target", type=float, default=0.97)
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda (default: $ML60_DEVICE, else auto)")
     parser.add_argument("--eval-every", type=int, default=6000, help="training images between evaluations")
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--data-dir", default=None)
@@ -155,7 +169,8 @@ def main(argv=None) -> dict:
 
     data = load_dataset("mnist", data_dir=args.data_dir, quick=args.quick)
     test = data.test.subset(2000, seed=0) if args.quick else data.test
-    evaluate = Evaluator(test)
+    device = resolve_device(args.device)
+    evaluate = Evaluator(test, device)
     results = {"classic": [], "fast": []}
     with torch_threads(threads):
         for r in range(args.rounds):
@@ -174,14 +189,14 @@ def main(argv=None) -> dict:
                for k, v in results.items()}
     ratios = [c["seconds"] / f["seconds"] for c, f in zip(results["classic"], results["fast"])
               if c["reached"] and f["reached"]]
-    summary = {"target_accuracy": args.target, "threads": threads, "rounds": args.rounds, "quick": args.quick,
+    summary = {"target_accuracy": args.target, "device": str(device), "threads": threads, "rounds": args.rounds, "quick": args.quick,
                "real_data": data.real, "all_reached_target": not any(failures.values()),
                "runs_not_reaching_target": failures, "median_seconds": medians,
                "speedup_median_of_rounds": statistics.median(ratios) if ratios else None,
                "speedup_per_round": ratios, "fast_recipe": FAST_RECIPE,
                "classic_recipe": {"batch_size": 64, "optimizer": "Adam", "lr": 1e-3},
                "eval_every_images": args.eval_every, "runs": results}
-    name = "bench_p1_quick" if args.quick else "bench_p1"
+    name = ("bench_p1" if device.type == "cpu" else f"bench_p1_{device.type}") + ("_quick" if args.quick else "")
     path = save_result(name, summary, directory=args.results_dir)
     if any(failures.values()):
         print(f"\nWARNING: runs that never reached {100 * args.target:.0f}%: {failures} (left out of the medians)")
