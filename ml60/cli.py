@@ -78,7 +78,7 @@ def cmd_phase(args: list[str]) -> int:
         print(f"phase {args[0]} has no built milestone yet", file=sys.stderr)
         return 2
     for m in built:
-        code = run_milestone(m, args[1:])
+        code = run_milestone(m, [*args[1:], *m.phase_args])
         if code:
             return code
     return 0

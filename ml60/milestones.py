@@ -25,6 +25,8 @@ class Milestone:
     phase: int
     module: str
     summary: str
+    # Arguments added when a whole phase runs: a service checks itself and stops instead of serving forever.
+    phase_args: tuple[str, ...] = ()
 
     @property
     def built(self) -> bool:
@@ -57,9 +59,10 @@ MILESTONES: tuple[Milestone, ...] = (
     Milestone("p3-onnx", "41-45", 3, "phase3_production.p3_onnx",
               "export, parity check, PyTorch vs ONNX Runtime benchmark, INT8"),
     Milestone("p3-serve", "46-50", 3, "phase3_production.p3_serve",
-              "FastAPI service, Dockerfile"),
+              "FastAPI service: verified model, hostile-input handling, micro-batching, Dockerfile",
+              phase_args=("--self-test",)),
     Milestone("p3-deploy", "51-55", 3, "phase3_production.p3_deploy",
-              "Kubernetes manifests, cloud notes"),
+              "Kubernetes manifests validated offline, cross-checked with the image and the app"),
     Milestone("p3-monitor", "56-60", 3, "phase3_production.p3_monitor",
               "latency, throughput, drift detection"),
 )

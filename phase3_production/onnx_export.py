@@ -15,7 +15,6 @@ sha256 so that a service can refuse a file that is not the one exported.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,17 +22,10 @@ import numpy as np
 import torch
 
 from common.runs import write_json
+from phase3_production.manifest import sha256_of, verify_sha256
 
 OPSET = 18  # the torch.export-based exporter emits opset 18 and newer
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(model: torch.nn.Module, blob: dict, checkpoint: Path, out_dir: Path, *, opset: int = OPSET) -> dict:
@@ -83,15 +75,6 @@ def export_onnx(model: torch.nn.Module, blob: dict, checkpoint: Path, out_dir: P
     return manifest
 
 
-def manifest_entries(manifest: dict) -> list[dict]:
-    """The main model's entry, then each variant's (``{"onnx_file", "sha256", "bytes", ...}``)."""
-    return [manifest, *manifest.get("variants", {}).values()]
-
-
-def manifest_entry(manifest: dict, file_name: str) -> dict | None:
-    return next((e for e in manifest_entries(manifest) if e.get("onnx_file") == file_name), None)
-
-
 def add_variant(manifest_path: Path, key: str, onnx_path: Path, **details) -> dict:
     """Record a derived model (the INT8 one, say) with its own sha256 in the manifest; return the manifest."""
     manifest = json.loads(Path(manifest_path).read_text())
@@ -108,24 +91,7 @@ def verify_onnx(onnx_path: Path, manifest_path: Path | None = None) -> dict:
     """
     import onnx
 
-    onnx_path = Path(onnx_path)
-    manifest_path = Path(manifest_path) if manifest_path else onnx_path.with_name("manifest.json")
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"{onnx_path}: ONNX model not found (run `make p3-onnx` first)")
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found; it must sit beside {onnx_path.name}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from exc
-    entry = manifest_entry(manifest, onnx_path.name)
-    if entry is None:
-        raise ValueError(f"{onnx_path}: not listed in {manifest_path} (which knows "
-                         f"{', '.join(e['onnx_file'] for e in manifest_entries(manifest))})")
-    actual = sha256_of(onnx_path)
-    if actual != entry.get("sha256"):
-        raise ValueError(f"{onnx_path}: sha256 {actual[:16]}... does not match the manifest's "
-                         f"{str(entry.get('sha256'))[:16]}...: the file was changed or damaged after export")
+    manifest, _ = verify_sha256(onnx_path, manifest_path)
     try:
         onnx.checker.check_model(onnx.load(str(onnx_path)))
     except Exception as exc:  # onnx raises several types for damaged files

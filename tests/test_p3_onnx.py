@@ -91,7 +91,7 @@ def test_int8_models_are_smaller_hashed_and_within_the_accuracy_bound(exported):
     assert q["static"]["calibration_source"] == "training split" and q["static"]["per_channel"]
     assert q["int8_size_ratio"] >= 3.5
     accuracy = metrics["test_accuracy"]
-    assert accuracy["ort_fp32"] == accuracy["pytorch_eager"] > 0.3   # the quick model learned something
+    assert accuracy["ort_fp32"] == accuracy["pytorch_eager"] > 0.15   # above chance (10%): the quick model learned
     assert 100 * (accuracy["ort_fp32"] - accuracy["ort_int8"]) <= p3_onnx.QUICK_INT8_ACCURACY_LOSS_POINTS
     assert q["int8_accuracy_loss_points"] == pytest.approx(100 * (accuracy["ort_fp32"] - accuracy["ort_int8"]))
 

@@ -1,0 +1,42 @@
+"""Prometheus metrics of the service: what a dashboard and an alert need.
+
+Counters only go up (requests, predictions per class, rejected images);
+histograms keep counts per bucket, from which Prometheus computes p50/p95/p99
+over any window (``histogram_quantile``); a gauge goes up and down (requests
+in flight).  Each app gets its own registry, so tests can run several.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServiceMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ml60_requests", "HTTP requests by route template and status", ["route", "status"],
+                                registry=r)
+        self.latency = Histogram("ml60_request_latency_seconds", "Request latency, body read to last byte",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("ml60_requests_in_flight", "Requests being handled now", registry=r)
+        self.batch_size = Histogram("ml60_model_batch_size", "Images per ONNX Runtime call", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.predictions = Counter("ml60_predictions", "Predictions by predicted class", ["predicted_class"],
+                                   registry=r)
+        self.rejected = Counter("ml60_images_rejected", "Uploads refused, by error code", ["code"], registry=r)
+        self.model_info = Gauge("ml60_model_info", "The model being served (value 1)", ["version", "file"],
+                                registry=r)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
