@@ -28,7 +28,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test progress phase1 phase2 phase3 bench bench-p1 bench-p2 clean $(MILESTONES)
+.PHONY: help install quickstart test progress phase1 phase2 phase3 bench bench-p1 bench-p2 p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -64,6 +64,10 @@ bench-p1: $(STAMP)
 
 bench-p2: $(STAMP)
 	$(PY) benchmarks/bench_p2.py $(QUICK_FLAG) $(ARGS)
+
+# The service under load, micro-batching on and off side by side (after p3-onnx).
+p3-load: $(STAMP)
+	$(PY) phase3_production/load_test.py $(QUICK_FLAG) $(ARGS)
 
 bench: $(STAMP)
 	@ls benchmarks/bench_*.py >/dev/null 2>&1 || { echo "no benchmark scripts yet in benchmarks/"; exit 2; }

@@ -62,3 +62,28 @@ def pytest_collection_modifyitems(items):
         for mark in list(item.iter_markers()):
             if mark.name.startswith(("p1-", "p2-", "p3-")):
                 item.add_marker(mark.name.replace("-", "_"))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained but real exported CNN (fp32 + static INT8) with its manifest: seconds, no dataset."""
+    import numpy as np
+    import torch
+
+    from common.data import CIFAR10_CLASSES
+    from phase2_depth.p2_cnn import RECIPES, build_model
+    from phase3_production.onnx_export import add_variant, export_onnx
+    from phase3_production.quantize import quantize_static_int8
+
+    out = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = build_model(RECIPES["quick"], num_classes=10).eval()
+    checkpoint = out / "source.pt"
+    torch.save({"weights": model.state_dict()}, checkpoint)
+    blob = {"input_shape": [3, 32, 32], "classes": CIFAR10_CLASSES, "mean": [0.49, 0.48, 0.45],
+            "std": [0.25, 0.24, 0.26], "test_accuracy": None, "val_accuracy": None}
+    export_onnx(model, blob, checkpoint, out)
+    calibration = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
+    info = quantize_static_int8(out / "model.onnx", out / "model.int8.onnx", calibration)
+    add_variant(out / "manifest.json", "int8", out / "model.int8.onnx", quantization=info)
+    return out

@@ -23,30 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """An untrained but real exported CNN (fp32 + static INT8) with its manifest: seconds, no dataset."""
-    import torch
-
-    from common.data import CIFAR10_CLASSES
-    from phase2_depth.p2_cnn import RECIPES, build_model
-    from phase3_production.onnx_export import add_variant, export_onnx
-    from phase3_production.quantize import quantize_static_int8
-
-    out = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    model = build_model(RECIPES["quick"], num_classes=10).eval()
-    checkpoint = out / "source.pt"
-    torch.save({"weights": model.state_dict()}, checkpoint)
-    blob = {"input_shape": [3, 32, 32], "classes": CIFAR10_CLASSES, "mean": [0.49, 0.48, 0.45],
-            "std": [0.25, 0.24, 0.26], "test_accuracy": None, "val_accuracy": None}
-    export_onnx(model, blob, checkpoint, out)
-    calibration = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
-    info = quantize_static_int8(out / "model.onnx", out / "model.int8.onnx", calibration)
-    add_variant(out / "manifest.json", "int8", out / "model.int8.onnx", quantization=info)
-    return out
-
-
-@pytest.fixture(scope="module")
 def client(model_dir):
     from fastapi.testclient import TestClient
 

@@ -4,9 +4,13 @@ A model call has a fixed cost (entering ONNX Runtime, setting up each
 layer) plus a cost per image.  Under load, requests arrive while the model is
 busy; instead of running them one at a time, the batcher waits for the
 current call to finish, takes everything that queued up meanwhile (up to
-``max_batch``), and runs it as one batch.  When a request arrives to an idle
-model, it waits at most ``max_wait_ms`` for company, so a lone request pays
-almost nothing.
+``max_batch``), and runs it as one batch.  Optionally the first request of a
+batch waits up to ``max_wait_ms`` for company.  The default is 0 - batch only
+what queued while the model was busy - because on a CPU this CNN costs
+almost the same per image at batch 1 as at batch 64 (it is compute-bound:
+see p3-onnx's table), so waiting buys little throughput and adds its full
+length to every lone request's latency (``make p3-load ARGS='--max-wait-ms 2'``
+shows it).  On a GPU, where batch 64 costs little more than batch 1, a wait pays.
 
 ::
 
@@ -40,7 +44,7 @@ class Saturated(Exception):
 
 
 class MicroBatcher:
-    def __init__(self, predict: Predict, *, enabled: bool = True, max_batch: int = 32, max_wait_ms: float = 2.0,
+    def __init__(self, predict: Predict, *, enabled: bool = True, max_batch: int = 32, max_wait_ms: float = 0.0,
                  max_queue: int = 256, on_batch: Callable[[int], None] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
@@ -71,12 +75,14 @@ class MicroBatcher:
                 self.on_batch(len(images))
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self.executor, self.predict, images)
-            futures = []
             loop = asyncio.get_running_loop()
+            futures = []
             for row in images:
                 future = loop.create_future()
                 self.queue.put_nowait((row, future))
                 futures.append(future)
+            if len(futures) == 1:
+                return (await futures[0])[None]
             return np.stack(await asyncio.gather(*futures))
         finally:
             self.pending -= len(images)
@@ -90,6 +96,8 @@ class MicroBatcher:
             if not self.queue.empty():
                 batch.append(self.queue.get_nowait())
                 continue
+            if self.max_wait_s <= 0:
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

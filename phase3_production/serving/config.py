@@ -36,7 +36,7 @@ class Settings:
     model_file: str = "model.onnx"          # or model.int8.onnx: any file the manifest lists
     batching: bool = True                   # gather concurrent requests into one model call
     max_batch: int = 32                     # images per model call
-    max_wait_ms: float = 2.0                # how long the first request of a batch may wait for company
+    max_wait_ms: float = 0.0                # extra wait for company; 0: batch what queued while the model ran
     max_queue: int = 256                    # images waiting or in flight; beyond that: 503 + Retry-After
     max_body_bytes: int = 8 * 1024 * 1024   # whole request body, counted as it streams in
     max_image_bytes: int = 4 * 1024 * 1024  # one image file
@@ -54,7 +54,7 @@ class Settings:
             model_file=_env("MODEL_FILE", "model.onnx"),
             batching=_env("BATCHING", True, _flag),
             max_batch=_env("MAX_BATCH", 32, int),
-            max_wait_ms=_env("MAX_WAIT_MS", 2.0, float),
+            max_wait_ms=_env("MAX_WAIT_MS", 0.0, float),
             max_queue=_env("MAX_QUEUE", 256, int),
             max_body_bytes=_env("MAX_BODY_BYTES", 8 * 1024 * 1024, int),
             max_image_bytes=_env("MAX_IMAGE_BYTES", 4 * 1024 * 1024, int),
