@@ -84,6 +84,15 @@ def add_variant(manifest_path: Path, key: str, onnx_path: Path, **details) -> di
     return manifest
 
 
+def add_reference(manifest_path: Path, reference_path: Path) -> dict:
+    """Record the drift reference statistics file and its sha256 in the manifest; return the manifest."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    manifest["reference"] = {"file": reference_path.name, "sha256": sha256_of(reference_path),
+                             "bytes": reference_path.stat().st_size}
+    write_json(Path(manifest_path), manifest)
+    return manifest
+
+
 def verify_onnx(onnx_path: Path, manifest_path: Path | None = None) -> dict:
     """Check an ONNX file against its manifest's sha256 and the ONNX checker; return the manifest.
 

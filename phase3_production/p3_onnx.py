@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from common.augment import normalize
 from common.benchmark import environment_stamp, save_result
 from common.runs import runs_root, write_json
@@ -36,7 +38,8 @@ from phase2_depth.p2_cnn import load_model, require_same_classes
 from phase3_production.inference_benchmark import (BASELINE, build_engines, markdown_table, plot_latencies,
                                                   run_grid, usable_cores)
 from phase3_production.inference_benchmark import accuracy as engine_accuracy
-from phase3_production.onnx_export import add_variant, export_onnx, onnx_session, parity, verify_onnx
+from phase3_production.onnx_export import (add_reference, add_variant, export_onnx, onnx_session, parity,
+                                           verify_onnx)
 from phase3_production.quantize import quantize_dynamic_int8, quantize_static_int8
 
 MILESTONE = "p3-onnx"
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     for key, info in (("int8", static_info), ("int8_dynamic", dynamic_info)):
         manifest = add_variant(run_dir / "manifest.json", key, files[key], quantization=info)
         verify_onnx(files[key])
+    manifest = write_drift_reference(run_dir, splits, blob, quick=args.quick, seed=args.seed)
     sizes = {key: path.stat().st_size for key, path in files.items()}
     for key, size in sizes.items():
         print(f"  {files[key].name:<26} {size / 1e6:6.2f} MB  ({sizes['fp32'] / size:.2f}x smaller than fp32)")
@@ -172,6 +176,25 @@ def main(argv: list[str] | None = None) -> dict:
                                              f"{targets['ort_fp32_vs_eager_mean']:.1f}x eager, INT8 "
                                              f"{targets['int8_vs_fp32_mean']:.1f}x ORT{label}"},
                       **metrics)
+
+
+def write_drift_reference(run_dir: Path, splits, blob: dict, *, quick: bool, seed: int) -> dict:
+    """Reference statistics for p3-monitor's drift checks: input features of training images, and the
+    model's confidences and predicted classes on the validation split. Listed in the manifest with a sha256."""
+    from phase3_production.serving.drift import REFERENCE_NAME, batch_features, write_reference
+
+    train = splits.train.subset(300 if quick else 2000, seed=seed)
+    val = splits.val.subset(500 if quick else len(splits.val.labels), seed=seed)
+    session = onnx_session(run_dir / "model.onnx")
+    x = normalize(val.images, blob["mean"], blob["std"]).numpy()
+    logits = np.concatenate([session.run(None, {"images": x[i:i + 500]})[0] for i in range(0, len(x), 500)])
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    write_reference(run_dir / REFERENCE_NAME, batch_features(train.images.numpy()), probabilities.max(1),
+                    probabilities.argmax(1), list(splits.classes))
+    print(f"  drift reference: features of {len(train.labels)} training images, outputs on "
+          f"{len(val.labels)} validation images -> {REFERENCE_NAME}")
+    return add_reference(run_dir / "manifest.json", run_dir / REFERENCE_NAME)
 
 
 def check(metrics: dict) -> list[str]:

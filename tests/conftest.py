@@ -86,4 +86,14 @@ def model_dir(tmp_path_factory) -> Path:
     calibration = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
     info = quantize_static_int8(out / "model.onnx", out / "model.int8.onnx", calibration)
     add_variant(out / "manifest.json", "int8", out / "model.int8.onnx", quantization=info)
+    # Drift reference: features of random "training" images, outputs of the model on other random images.
+    from phase3_production.onnx_export import add_reference
+    from phase3_production.serving.drift import REFERENCE_NAME, batch_features, write_reference
+
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 256, (400, 3, 32, 32), dtype=np.uint8)
+    with torch.no_grad():
+        probs = torch.softmax(model((torch.from_numpy(train).float() / 255 - 0.5) / 0.25), 1).numpy()
+    write_reference(out / REFERENCE_NAME, batch_features(train), probs.max(1), probs.argmax(1), CIFAR10_CLASSES)
+    add_reference(out / "manifest.json", out / REFERENCE_NAME)
     return out

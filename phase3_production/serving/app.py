@@ -6,10 +6,12 @@ Run it as the container does::
 
 Routes: ``POST /v1/predict`` (one image: multipart field ``file``, or the raw
 image bytes with an ``image/*`` Content-Type), ``POST /v1/predict/batch``
-(multipart, repeated field ``files``), ``GET /healthz`` (the process is
-alive), ``GET /readyz`` (the model is loaded, verified and accepting work),
-``GET /metrics`` (Prometheus), ``GET /v1/model`` (metadata and sha256),
-``/docs`` (OpenAPI), and SageMaker's ``GET /ping`` and ``POST /invocations``.
+(multipart, repeated field ``files``), ``POST /v1/feedback`` (the true label
+of an earlier prediction: live accuracy), ``GET /v1/drift`` (the drift
+monitor's state), ``GET /healthz`` (the process is alive), ``GET /readyz``
+(the model is loaded, verified and accepting work), ``GET /metrics``
+(Prometheus), ``GET /v1/model`` (metadata and sha256), ``/docs`` (OpenAPI),
+and SageMaker's ``GET /ping`` and ``POST /invocations``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phase3_production.serving.batcher import MicroBatcher, Saturated
 from phase3_production.serving.config import Settings
+from phase3_production.serving.drift import DriftMonitor, image_features
 from phase3_production.serving.errors import ApiError, error_response
 from phase3_production.serving.images import ImageRejected, open_checked, preprocess
 from phase3_production.serving.limits import RequestLimits
@@ -63,6 +66,8 @@ class ServiceState:
         self.batcher: MicroBatcher | None = None
         self.ready = False
         self.recent: OrderedDict[str, dict] = OrderedDict()
+        self.drift: DriftMonitor | None = None
+        self.outcomes: deque = deque(maxlen=settings.feedback_window)   # 1 correct, 0 wrong
 
     def remember(self, prediction_id: str, record: dict) -> None:
         self.recent[prediction_id] = record
@@ -80,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Verification happens before the server accepts a connection: a bad model means no service.
         state.model = ServedModel.load(settings.model_dir, settings.model_file, settings.intra_op_threads)
         metrics.model_info.labels(version=state.model.version, file=state.model.path.name).set(1)
+        if state.model.reference_path is not None:
+            state.drift = DriftMonitor.from_file(state.model.reference_path, window=settings.drift_window,
+                                                 check_every=settings.drift_check_every, alpha=settings.drift_alpha)
         state.batcher = MicroBatcher(state.model.predict_probabilities, enabled=settings.batching,
                                      max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                                      max_queue=settings.max_queue, on_batch=metrics.batch_size.observe)
@@ -102,25 +110,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def request_id(request: Request) -> str:
         return request.scope.get("state", {}).get("request_id", "")
 
-    async def decode(data: bytes) -> np.ndarray:
+    async def decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised model input, drift features of the same pixels)."""
         def work():
             image = open_checked(data, allowed=settings.allowed_formats, max_pixels=settings.max_pixels,
                                  max_bytes=settings.max_image_bytes)
             m = state.model
-            return preprocess(image, m.input_shape, m.mean, m.std)
+            x = preprocess(image, m.input_shape, m.mean, m.std)
+            return x, image_features(x * m.std + m.mean)
         try:
             return work() if len(data) <= DECODE_INLINE_BYTES else await asyncio.to_thread(work)
         except ImageRejected as exc:
             metrics.rejected.labels(code=exc.code).inc()
             raise
 
-    async def classify(images: list[np.ndarray], rid: str) -> list[dict]:
+    async def classify(decoded: list[tuple[np.ndarray, np.ndarray]], rid: str) -> list[dict]:
         if not state.ready:
             raise ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
-        probabilities = await state.batcher.submit(np.stack(images))
+        probabilities = await state.batcher.submit(np.stack([x for x, _ in decoded]))
         model, out = state.model, []
-        for p in probabilities:
+        for p, (_, features) in zip(probabilities, decoded):
             index = int(p.argmax())
+            if state.drift is not None:
+                try:
+                    state.drift.observe(features, float(p[index]), index)
+                except Exception:   # monitoring must never fail a prediction
+                    log.exception("drift monitor failed; predictions continue")
             prediction_id = uuid.uuid4().hex
             record = {"prediction_id": prediction_id, "class": model.classes[index], "class_index": index,
                       "confidence": float(p[index]),
@@ -129,6 +144,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.predictions.labels(predicted_class=model.classes[index]).inc()
             state.remember(prediction_id, {"class_index": index, "confidence": float(p[index])})
             out.append(record)
+        if state.drift is not None and state.drift.last:
+            last = state.drift.last
+            metrics.drift_alarm.set(int(last["alarm"]))
+            metrics.drift_p_value.labels(test="class_mix").set(last["class_mix"]["p_value"])
+            for name, test in last["features"].items():
+                metrics.drift_p_value.labels(test=name).set(test["p_value"])
+                metrics.drift_psi.labels(feature=name).set(test["psi"])
         return out
 
     async def one_image(request: Request) -> bytes:
@@ -183,6 +205,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               summary="SageMaker-compatible alias of /v1/predict")
     async def invocations(request: Request):
         return await predict(request)
+
+    @app.post("/v1/feedback", summary="The true label of an earlier prediction (feeds live accuracy)",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["prediction_id", "label"],
+                  "properties": {"prediction_id": {"type": "string"},
+                                 "label": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}}}}}},
+              responses=_ERRORS)
+    async def feedback(request: Request):
+        try:
+            payload = await request.json()
+        except ValueError as exc:
+            raise ApiError(400, "invalid_json", f"the body is not JSON ({exc})") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("prediction_id"), str):
+            raise ApiError(400, "invalid_request", "send {\"prediction_id\": \"...\", \"label\": \"cat\" or 3}")
+        record = state.recent.get(payload["prediction_id"])
+        if record is None:
+            raise ApiError(404, "unknown_prediction", "no recent prediction has this id (too old, or never made)")
+        label, classes = payload.get("label"), state.model.classes
+        if isinstance(label, str) and label in classes:
+            label = classes.index(label)
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(classes):
+            raise ApiError(400, "invalid_label", f"label must be one of {classes} or an index 0-{len(classes) - 1}")
+        if record.get("label") is not None:
+            raise ApiError(409, "already_labelled", "this prediction already has a label")
+        record["label"] = label
+        correct = int(label == record["class_index"])
+        state.outcomes.append(correct)
+        live = sum(state.outcomes) / len(state.outcomes)
+        metrics.feedback.labels(outcome="correct" if correct else "wrong").inc()
+        metrics.live_accuracy.set(live)
+        return {"correct": bool(correct), "live_accuracy": live, "labelled": len(state.outcomes)}
+
+    @app.get("/v1/drift", summary="Drift monitor: the last comparison of recent traffic with the reference")
+    async def drift_state():
+        if state.drift is None:
+            return {"enabled": False, "reason": "no reference.json beside the model (export with make p3-onnx)"}
+        return state.drift.state()
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz():

@@ -45,6 +45,10 @@ class Settings:
     intra_op_threads: int = 1               # ONNX Runtime threads per model call
     retry_after_s: int = 1
     recent_predictions: int = 10_000        # prediction ids remembered for /v1/feedback
+    feedback_window: int = 500              # live accuracy over the last N labelled predictions
+    drift_window: int = 200                 # requests compared with the reference
+    drift_check_every: int = 25
+    drift_alpha: float = 1e-4               # per check, family-wise (Bonferroni inside the KS family)
     allowed_formats: tuple[str, ...] = field(default=("PNG", "JPEG", "WEBP", "BMP"))
 
     @classmethod
@@ -62,4 +66,8 @@ class Settings:
             max_batch_files=_env("MAX_BATCH_FILES", 32, int),
             intra_op_threads=_env("ORT_THREADS", 1, int),
             retry_after_s=_env("RETRY_AFTER_S", 1, int),
+            feedback_window=_env("FEEDBACK_WINDOW", 500, int),
+            drift_window=_env("DRIFT_WINDOW", 200, int),
+            drift_check_every=_env("DRIFT_CHECK_EVERY", 25, int),
+            drift_alpha=_env("DRIFT_ALPHA", 1e-4, float),
         )

@@ -31,6 +31,14 @@ class ServiceMetrics:
         self.predictions = Counter("ml60_predictions", "Predictions by predicted class", ["predicted_class"],
                                    registry=r)
         self.rejected = Counter("ml60_images_rejected", "Uploads refused, by error code", ["code"], registry=r)
+        self.drift_alarm = Gauge("ml60_drift_alarm", "1 while the last drift check failed", registry=r)
+        self.drift_p_value = Gauge("ml60_drift_p_value", "p-value of the last drift check, per test", ["test"],
+                                   registry=r)
+        self.drift_psi = Gauge("ml60_drift_psi", "population stability index of the last window", ["feature"],
+                               registry=r)
+        self.live_accuracy = Gauge("ml60_live_accuracy", "accuracy over the most recent labelled predictions",
+                                   registry=r)
+        self.feedback = Counter("ml60_feedback", "labels received for predictions", ["outcome"], registry=r)
         self.model_info = Gauge("ml60_model_info", "The model being served (value 1)", ["version", "file"],
                                 registry=r)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phase3_production.manifest import verify_sha256
+from phase3_production.manifest import sha256_of, verify_sha256
 
 
 class ModelLoadError(RuntimeError):
@@ -32,7 +32,7 @@ class ServedModel:
     std: np.ndarray
     metadata: dict[str, str]
     session: object
-
+    reference_path: Path | None = None     # drift reference statistics, verified like the model
     @property
     def version(self) -> str:
         """A short, content-derived version: the first 12 hex digits of the file's sha256."""
@@ -44,9 +44,15 @@ class ServedModel:
 
         path = Path(model_dir) / model_file
         try:
-            _, entry = verify_sha256(path)
+            manifest, entry = verify_sha256(path)
         except (FileNotFoundError, ValueError) as exc:
             raise ModelLoadError(f"refusing to serve: {exc}") from exc
+        reference_path = None
+        if manifest.get("reference"):
+            reference_path = Path(model_dir) / manifest["reference"]["file"]
+            if not reference_path.is_file() or sha256_of(reference_path) != manifest["reference"]["sha256"]:
+                raise ModelLoadError(f"refusing to serve: {reference_path}: missing or its sha256 does not "
+                                     "match the manifest")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
@@ -70,7 +76,7 @@ class ServedModel:
             raise ModelLoadError(f"refusing to serve: {path}: input shape {shape} does not match "
                                  f"{len(mean)} normalisation channels")
         return cls(path=path, sha256=entry["sha256"], classes=classes, input_shape=shape, mean=mean, std=std,
-                   metadata=metadata, session=session)
+                   metadata=metadata, session=session, reference_path=reference_path)
 
     def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities for a float32 batch already normalised, shape (N, C, H, W)."""
