@@ -30,7 +30,8 @@ def cmd_help() -> int:
                          ("make test", "install, then run the pytest checks"),
                          ("make progress", "which milestones have a run, and whether its check passes"),
                          ("make phase1|2|3", "run every built milestone of a phase"),
-                         ("make bench", "speed benchmarks (see benchmarks/)")):
+                         ("make bench", "speed benchmarks (see benchmarks/): bench-p1, bench-p2"),
+                         ("make p3-load", "the p3 service under load, micro-batching on and off")):
         print(f"  {target:<18} {text}")
     for phase, title in PHASE_TITLES.items():
         print(f"\n{title}")
