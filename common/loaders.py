@@ -80,8 +80,21 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def classic_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                   num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """``DataLoader(dataset, batch_size, shuffle=...)`` with a resumable shuffle."""
+                   num_workers: int = 0, drop_last: bool = False, rank: int = 0,
+                   world_size: int = 1) -> DataLoader:
+    """``DataLoader(dataset, batch_size, shuffle=...)`` with a resumable shuffle.
+
+    Under DistributedDataParallel (``world_size > 1``) the sampler is PyTorch's
+    ``DistributedSampler``: each rank gets its own 1/world_size of every
+    epoch, reshuffled when the Trainer calls ``set_epoch``.
+    """
+    if world_size > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=True)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          drop_last=True, persistent_workers=num_workers > 0)
     sampler = EpochShuffleSampler(len(dataset), seed=seed, shuffle=shuffle)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, persistent_workers=num_workers > 0)
@@ -108,13 +121,22 @@ class TensorLoader:
         seed: the shuffling/augmentation seed.
         channels_last: return batches in NHWC memory format (faster convolutions).
         dtype: the float type of the returned images.
+        rank, world_size: under DistributedDataParallel, this process's share:
+            every rank draws the same permutation, cuts it into global batches of
+            ``batch_size * world_size`` and takes its own contiguous slice of each.
     """
 
     def __init__(self, split: Split, batch_size: int, *, device="cpu", mean=(0.0,), std=(1.0,),
                  shuffle: bool = True, drop_last: bool = False, augment: BatchAugment | None = None,
-                 seed: int = 0, channels_last: bool = False, dtype: torch.dtype = torch.float32):
+                 seed: int = 0, channels_last: bool = False, dtype: torch.dtype = torch.float32,
+                 rank: int = 0, world_size: int = 1):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if world_size > 1 and not drop_last:
+            raise ValueError("a sharded loader needs drop_last=True: every rank must take the same number of steps")
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
@@ -139,8 +161,9 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = self.dataset_size
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Steps per epoch (the same on every rank)."""
+        n, global_batch = self.dataset_size, self.batch_size * self.world_size
+        return n // global_batch if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
         generator = epoch_generator(self.seed, self.epoch, self.device)
@@ -149,7 +172,10 @@ class TensorLoader:
             order = torch.randperm(n, generator=generator, device=self.device)
         else:
             order = torch.arange(n, device=self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        if self.world_size > 1:   # same permutation on every rank, its own augmentation draws
+            generator = epoch_generator(self.seed + 7919 * (self.rank + 1), self.epoch, self.device)
+        for step in range(len(self)):
+            start = (step * self.world_size + self.rank) * self.batch_size
             idx = order[start:start + self.batch_size]
             x = self.images[idx]
             if self.augment.active:

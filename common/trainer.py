@@ -22,7 +22,13 @@ Everything else here is what a real project needs around those five lines:
   read once per epoch (and every ``log_every`` steps for the progress bar);
 * **history, early stopping, checkpoints** - per-epoch figures, atomic
   checkpoint files loaded with ``weights_only=True``, ``metrics.json`` and a
-  curves PNG in the run folder.
+  curves PNG in the run folder;
+* **several processes** - started by ``torchrun``, the model is wrapped in
+  ``DistributedDataParallel`` (gradients averaged across ranks), per-rank
+  sums are all-reduced before they are reported, and only rank 0 prints and
+  writes files (:mod:`common.distributed`);
+* **compilation** - ``compile=True`` runs the model through ``torch.compile``
+  (worth it on a GPU for long runs; its first steps pay for compiling).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from common import distributed
 from common.device import autocast_dtype, describe_device, resolve_device, seed_everything
 from common.runs import atomic_torch_save, update_metrics
 from common.schedules import lr_multiplier
@@ -69,6 +76,7 @@ class TrainConfig:
     monitor: str = "val_accuracy"    # val_accuracy (higher is better) | val_loss (lower)
     log_every: int = 50              # steps between progress-bar loss reads
     checkpoint_every: int = 1        # epochs between last.pt writes (0: never)
+    compile: bool = False            # torch.compile the model (GPU, long runs)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -116,12 +124,24 @@ class Trainer:
         self.config = config or TrainConfig()
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         seed_everything(self.config.seed, self.config.deterministic)
-        self.model = model.to(self.device)
+        # Distributed only when torchrun started us and the process group is up (common.distributed.init).
+        up = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.dist = distributed.from_env() if up else distributed.DistInfo()
+        self.raw_model = model.to(self.device)   # what checkpoints hold: never the DDP wrapper
         if self.config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.announce = announce
-        self.progress = progress
+            self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
+        self.model = self.raw_model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.compile:
+            self.model = torch.compile(self.model)
+        main = self.dist.is_main
+        self.run_dir = Path(run_dir) if run_dir is not None and main else None
+        self.announce = announce if main else (lambda *_: None)
+        self.progress = progress and main
         self.amp_dtype = autocast_dtype(self.device, self.config.precision)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
         self.optimizer = self._make_optimizer()
@@ -137,8 +157,8 @@ class Trainer:
         cfg = self.config
         # Decay weight matrices and kernels, not biases or norm scales: shrinking
         # a BatchNorm's gamma towards zero does not regularise, it just hurts.
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim <= 1]
+        decay = [p for p in self.raw_model.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in self.raw_model.parameters() if p.requires_grad and p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         if cfg.optimizer == "sgd":
@@ -248,6 +268,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss.item():.4f}")  # the only per-step sync, every N steps
         if bar is not None:
             bar.close()
+        if self.dist.enabled:   # every rank saw its own shard: add them up
+            totals = torch.stack([loss_sum.float(), correct.float(),
+                                  torch.tensor(float(seen), device=self.device)])
+            loss_sum, correct, seen = distributed.all_reduce_sum(totals).unbind()
+            seen = int(seen.item())
         train_loss = loss_sum.item() / max(1, seen)  # .item() waits for the GPU: read once
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
@@ -266,13 +291,18 @@ class Trainer:
 
     @torch.inference_mode()
     def predict(self, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-        """All logits (float32, on the CPU) and labels for ``loader``, in eval mode."""
-        self.model.eval()
+        """All logits (float32, on the CPU) and labels for ``loader``, in eval mode.
+
+        Under DDP every rank evaluates the whole (unsharded) loader with the
+        plain model: the weights are identical on every rank, so no rank waits.
+        """
+        model = self.raw_model
+        model.eval()
         all_logits, all_labels = [], []
         for x, y in loader:
             x, y = self._to_device(x, y)
             with self._autocast():
-                logits = self.model(x)
+                logits = model(x)
             all_logits.append(logits.float().cpu())
             all_labels.append(y.cpu())
         return torch.cat(all_logits), torch.cat(all_labels)
@@ -318,7 +348,7 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
+            "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -348,7 +378,7 @@ class Trainer:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise RuntimeError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
         try:
-            self.model.load_state_dict(state["model"])
+            self.raw_model.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise RuntimeError(f"{path}: the checkpoint does not match this model: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])

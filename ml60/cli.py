@@ -14,6 +14,7 @@ Commands:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,7 +40,8 @@ def cmd_help() -> int:
             state = "" if m.built else "   (not built yet)"
             print(f"  make {m.id:<12} days {m.days:<6} {m.summary}{state}")
     print("\nOptions for any milestone target: QUICK=1 (seconds, tiny data), DEVICE=auto|cpu|cuda|mps,")
-    print("DATA_DIR=path (where datasets live; default ./data), ARGS='--flag value' (passed to the script).")
+    print("DATA_DIR=path (where datasets live; default ./data), ARGS='--flag value' (passed to the script),")
+    print("NPROC=N (p2-cnn: N data-parallel processes under torchrun).")
     print("Check one milestone with: .venv/bin/python -m pytest -m <id>")
     return 0
 
@@ -55,6 +57,11 @@ def run_milestone(m: Milestone, extra: list[str]) -> int:
               file=sys.stderr)
         return 2
     print(f"\n=== {m.id} (days {m.days}): {m.summary} ===", flush=True)
+    nproc = int(os.environ.get("ML60_NPROC", "1") or 1)
+    if nproc > 1:   # make p2-cnn NPROC=2: PyTorch's launcher starts one process per rank
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        print(f"$ torchrun --standalone --nproc_per_node={nproc} -m {m.module} {' '.join(extra)}", flush=True)
+        return subprocess.call([*launcher, "-m", m.module, *extra])
     return subprocess.call([sys.executable, "-m", m.module, *extra])
 
 

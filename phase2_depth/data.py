@@ -41,10 +41,12 @@ class CifarSplits:
     dataset: ImageDataset
 
     def loaders(self, batch_size: int, *, device="cpu", augment: BatchAugment | None = AUGMENT, seed: int = 0,
-                channels_last: bool = False, eval_batch_size: int = 1000):
-        """Training loader (shuffled, augmented) and validation/test loaders (in order, plain)."""
+                channels_last: bool = False, eval_batch_size: int = 1000, rank: int = 0, world_size: int = 1):
+        """Training loader (shuffled, augmented; this rank's shard under DDP) and validation/test loaders
+        (in order, plain, whole on every rank)."""
         common = dict(device=device, mean=self.mean, std=self.std, channels_last=channels_last)
-        train = TensorLoader(self.train, batch_size, augment=augment, seed=seed, drop_last=True, **common)
+        train = TensorLoader(self.train, batch_size, augment=augment, seed=seed, drop_last=True, rank=rank,
+                             world_size=world_size, **common)
         val = TensorLoader(self.val, eval_batch_size, shuffle=False, **common)
         test = TensorLoader(self.test, eval_batch_size, shuffle=False, **common)
         return train, val, test

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from common import distributed
 from common.device import resolve_device
 from common.runs import atomic_torch_save
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
@@ -169,12 +170,20 @@ def main(argv: list[str] | None = None) -> dict:
                         help="cpu | gpu | ci (default: gpu on CUDA, else cpu; quick mode: quick)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU, long runs)")
     add_dataset_argument(parser)
     args = parser.parse_args(argv)
-    run_dir = start_run(MILESTONE, args)
     device = resolve_device(args.device)
+    # Under torchrun (make p2-cnn NPROC=2): join the group, take this rank's GPU, keep rank 0's voice only.
+    dist = distributed.init(device)
+    device = distributed.rank_device(device, dist)
+    if not dist.is_main:
+        sys.stdout = open(os.devnull, "w")
+    run_dir = start_run(MILESTONE, args) if dist.is_main else None
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif dist.enabled and device.type == "cpu":   # N processes share the cores
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // dist.world_size))
     name = args.recipe or ("quick" if args.quick else ("gpu" if device.type == "cuda" else "cpu"))
     recipe = dict(RECIPES[name])
     if args.epochs:
@@ -191,17 +200,25 @@ def main(argv: list[str] | None = None) -> dict:
           f"{params:,} parameters, {macs / 1e6:.1f}M multiply-adds per image --")
 
     channels_last = device.type in ("cpu", "cuda")
+    if recipe["batch_size"] % dist.world_size:
+        raise SystemExit(f"batch {recipe['batch_size']} does not split over {dist.world_size} processes")
+    # The recipe's batch is the global batch: each of N processes takes batch/N of it.
     train_loader, val_loader, test_loader = splits.loaders(
-        recipe["batch_size"], device=device, augment=AUGMENT_CUTOUT if recipe["cutout"] else AUGMENT,
-        seed=args.seed, channels_last=channels_last)
+        recipe["batch_size"] // dist.world_size, device=device,
+        augment=AUGMENT_CUTOUT if recipe["cutout"] else AUGMENT, seed=args.seed, channels_last=channels_last,
+        rank=dist.rank, world_size=dist.world_size)
+    if dist.enabled:
+        print(f"[ddp] {dist.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+              f"{recipe['batch_size'] // dist.world_size} images each per step (global batch {recipe['batch_size']})")
     config = TrainConfig(epochs=recipe["epochs"], optimizer="sgd", lr=recipe["lr"], momentum=0.9, nesterov=True,
                          weight_decay=recipe["weight_decay"], schedule="onecycle",
-                         label_smoothing=recipe["label_smoothing"], channels_last=channels_last, seed=args.seed)
+                         label_smoothing=recipe["label_smoothing"], channels_last=channels_last, seed=args.seed,
+                         compile=args.compile)
     trainer = Trainer(model, config, device=device, run_dir=run_dir)
 
     breakdown = None
-    if device.type == "cpu":
-        breakdown = step_breakdown(trainer.model, train_loader, trainer.optimizer)
+    if device.type == "cpu" and not dist.enabled:
+        breakdown = step_breakdown(trainer.raw_model, train_loader, trainer.optimizer)
         print(f"-- Where a CPU step goes ({breakdown['seconds_per_step'] * 1000:.0f} ms, batch {recipe['batch_size']}): "
               f"convolutions {100 * breakdown['convolution_share']:.0f}%, rest of the model "
               f"{100 * breakdown['rest_of_model_share']:.0f}%, data {100 * breakdown['data_share']:.0f}% --")
@@ -216,7 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
     val = history[-1]["val_accuracy"]
     print(f"\nResult: validation {100 * val:.2f}%, test {100 * test['accuracy']:.2f}% (evaluated once) after "
           f"{minutes:.1f} minutes on {device}.")
-    save_model(run_dir / "model.pt", trainer.model, splits, recipe, val_accuracy=val, test_accuracy=test["accuracy"])
+    if not dist.is_main:        # rank 0 alone writes the model and the metrics
+        distributed.shutdown()
+        return {}
+    save_model(run_dir / "model.pt", trainer.raw_model, splits, recipe, val_accuracy=val,
+               test_accuracy=test["accuracy"])
+    distributed.shutdown()
 
     label = "" if splits.dataset.real else " (stand-in data)"
     return finish_run(run_dir, MILESTONE, args,
@@ -226,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                           "test_used": len(splits.test)},
                       recipe_name=name, recipe=recipe, parameters=params, multiply_adds=macs,
                       device=str(device), torch_threads=torch.get_num_threads(), training_minutes=minutes,
+                      processes=dist.world_size, compiled=args.compile,
                       step_breakdown=breakdown, val_accuracy=val, test_accuracy=test["accuracy"],
                       test_loss=test["loss"], mean=list(splits.mean), std=list(splits.std))
 

@@ -1,0 +1,57 @@
+"""Train a small MLP with the Trainer on a fixed synthetic set; rank 0 writes the final weights and history.
+
+Run alone (one process, the whole global batch) or under
+``torchrun --standalone --nproc_per_node=N`` (N processes, global batch / N each):
+tests/test_distributed.py compares the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import distributed  # noqa: E402
+from common.data import Split  # noqa: E402
+from common.loaders import TensorLoader  # noqa: E402
+from common.trainer import TrainConfig, Trainer  # noqa: E402
+
+
+def synthetic_split(n: int = 512) -> Split:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 8, 8), generator=generator, dtype=torch.uint8)
+    labels = (images.float().mean(dim=(1, 2, 3)) > 127.5).long() + 2 * (images[:, 0, 0, 0] > 127).long()
+    return Split(images, labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--global-batch", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    info = distributed.init(device)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    loader = TensorLoader(synthetic_split(), args.global_batch // info.world_size, mean=(0.5,), std=(0.25,),
+                          seed=0, drop_last=True, rank=info.rank, world_size=info.world_size)
+    trainer = Trainer(model, TrainConfig(epochs=args.epochs, optimizer="sgd", lr=0.1, momentum=0.9,
+                                         nesterov=False, precision="fp32", seed=0), device=device, progress=False)
+    history = trainer.fit(loader)
+    if info.is_main:
+        torch.save(trainer.raw_model.state_dict(), Path(args.out) / "weights.pt")
+        (Path(args.out) / "history.json").write_text(json.dumps({"history": history, "world_size": info.world_size,
+                                                                   "steps_per_epoch": len(loader)}))
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
