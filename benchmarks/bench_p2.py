@@ -126,6 +126,44 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def tune_model_step(recipe: dict, splits, device, *, rounds: int, steps: int) -> dict:
+    """Where the CPU's training step can still be won: memory format, batch size, threads (model only).
+
+    Each variant trains its own copy of the network on a fixed batch, interleaved in rounds;
+    the figure is training images per second.
+    """
+    from common.benchmark import torch_threads
+
+    def variant(batch_size: int, channels_last: bool, threads: int | None):
+        torch.manual_seed(0)
+        model = build_model(recipe, num_classes=len(splits.classes)).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loader, _, _ = splits.loaders(batch_size, device=device, augment=AUGMENT, channels_last=channels_last)
+        trainer = TrainSteps(model, endless(loader), device, steps, channels_last=channels_last)
+        x, y = trainer.batch()
+
+        def run():
+            with torch_threads(threads):
+                for _ in range(steps):
+                    trainer.step(x, y)
+                sync(device)
+        return run, batch_size
+
+    base = recipe["batch_size"]
+    variants = {f"batch {base}, channels_last": variant(base, True, None),
+                f"batch {base}, NCHW": variant(base, False, None),
+                f"batch {base // 2}, channels_last": variant(base // 2, True, None),
+                f"batch {base * 2}, channels_last": variant(base * 2, True, None),
+                f"batch {base}, channels_last, 1 thread": variant(base, True, 1)}
+    result = compare({name: run for name, (run, _) in variants.items()}, rounds=rounds, repeats=1, warmup=1)
+    table = {name: steps * batch / (result.stats[name].p50_ms / 1000) for name, (_, batch) in variants.items()}
+    print(f"\nModel step, images/s (median of {rounds} rounds; threads: {torch.get_num_threads()} unless stated):")
+    for name, value in table.items():
+        print(f"  {name:<34} {value:10,.0f}")
+    return {"images_per_s_median": table, "comparison": result.to_dict()}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, mps (default: $ML60_DEVICE, else auto)")
@@ -134,6 +172,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=None,
                         help="classic DataLoader worker processes (default: min(8, cores) on a GPU, cores-1 on a CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the device's p2-cnn recipe")
+    parser.add_argument("--tune", action="store_true",
+                        help="also time the model step under memory formats, batch sizes and thread counts "
+                             "(on by default on a CPU)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--quick", action="store_true", help="stand-in or 2,000 real images, tiny model, 1 round")
     parser.add_argument("--results-dir", default=None)
@@ -192,6 +233,8 @@ def main(argv=None) -> dict:
                             "fast_data_share": throughput["fast"] / throughput["fast_data_only"],
                             "model_share_of_classic": throughput["classic"] / throughput["model_only"]},
     }
+    if args.tune or (device.type == "cpu" and not args.quick):
+        summary["model_step_tuning"] = tune_model_step(recipe, splits, device, rounds=rounds, steps=steps)
     name = f"bench_p2_{device.type}" + ("_quick" if args.quick else "")
     path = save_result(name, summary, directory=args.results_dir)
     print(f"\nTraining images/s (median of {rounds} rounds, {time.perf_counter() - start:.0f} s in all):")
