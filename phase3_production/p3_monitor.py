@@ -37,6 +37,7 @@ from common.runs import runs_root, write_json
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase3_production.http_client import free_port, png_bytes, wait_until_ready
 from phase3_production.p3_serve import start_server, stop_server
+from phase3_production.serving.drift import FEATURES
 
 MILESTONE = "p3-monitor"
 DETECT_WITHIN = 500          # requests after a shift starts
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         took = "NOT detected" if d["detected_at"] is None else f"detected after {d['requests_to_detect']} requests"
         print(f"  {name:<15} starts at request {d['start']:>5}: {took}")
     write_json(run_dir / "timeline.json", {"plan": plan, "timeline": timeline})
-    plot(timeline, plan, live["alpha"], 8, run_dir / "drift.png")
+    plot(timeline, plan, live["alpha"], len(FEATURES), run_dir / "drift.png")
     detected = sum(d["requests_to_detect"] is not None and d["requests_to_detect"] <= DETECT_WITHIN
                    for d in found.values())
     label = "" if splits.dataset.real else " (stand-in data)"
