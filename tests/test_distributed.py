@@ -24,8 +24,9 @@ def run(out: Path, nproc: int) -> dict:
     out.mkdir()
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
-    subprocess.run([*launcher, str(WORKER), "--out", str(out)], check=True, cwd=ROOT, capture_output=True,
-                   text=True, timeout=300)
+    done = subprocess.run([*launcher, str(WORKER), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return {"weights": torch.load(out / "weights.pt", weights_only=True),
             **json.loads((out / "history.json").read_text())}
 

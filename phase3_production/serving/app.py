@@ -67,6 +67,7 @@ class ServiceState:
         self.ready = False
         self.recent: OrderedDict[str, dict] = OrderedDict()
         self.drift: DriftMonitor | None = None
+        self.drift_reported: int | None = None   # the check whose results /metrics shows
         self.outcomes: deque = deque(maxlen=settings.feedback_window)   # 1 correct, 0 wrong
 
     def remember(self, prediction_id: str, record: dict) -> None:
@@ -144,8 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.predictions.labels(predicted_class=model.classes[index]).inc()
             state.remember(prediction_id, {"class_index": index, "confidence": float(p[index])})
             out.append(record)
-        if state.drift is not None and state.drift.last:
-            last = state.drift.last
+        if state.drift is not None and state.drift.last and state.drift.last["request"] != state.drift_reported:
+            last = state.drift.last          # a new check happened: publish it once
+            state.drift_reported = last["request"]
             metrics.drift_alarm.set(int(last["alarm"]))
             metrics.drift_p_value.labels(test="class_mix").set(last["class_mix"]["p_value"])
             for name, test in last["features"].items():
