@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import os
 import shutil
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.benchmark import compare, environment_stamp, save_result  # noqa: E402
+from common.benchmark import compare, environment_stamp, save_result, usable_cores  # noqa: E402
 from common.data import extract_archive  # noqa: E402
 from common.device import autocast_dtype, resolve_device  # noqa: E402
 from phase2_depth.data import AUGMENT, cifar_splits  # noqa: E402
@@ -181,7 +180,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     recipe = dict(RECIPES["quick" if args.quick else ("gpu" if cuda else "cpu")])
     batch_size = args.batch_size or recipe["batch_size"]
     steps = args.steps or (2 if args.quick else (40 if cuda else 8))

@@ -86,5 +86,5 @@ def barrier() -> None:
 def shutdown() -> None:
     """Leave the group together: a rank that tears down while another still talks to it can abort."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()

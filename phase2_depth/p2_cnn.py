@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from common import distributed
+from common.benchmark import usable_cores
 from common.device import resolve_device
 from common.runs import atomic_torch_save
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     elif dist.enabled and device.type == "cpu":   # N processes share the cores
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // dist.world_size))
+        torch.set_num_threads(max(1, usable_cores() // dist.world_size))
     name = args.recipe or ("quick" if args.quick else ("gpu" if device.type == "cuda" else "cpu"))
     recipe = dict(RECIPES[name])
     if args.epochs:

@@ -10,7 +10,7 @@ every one pays the same conversions):
   convolutions); the faster PyTorch we can build on a CPU in a second.
 * ``ort_fp32``: ONNX Runtime, graph optimisation ``ORT_ENABLE_ALL`` (node
   fusions, the blocked NCHWc layout its convolution kernels like), its
-  thread pool told not to spin (see :func:`onnx_export.onnx_session`).
+  thread pool told not to spin (see :func:`runtime.onnx_session`).
 * ``ort_int8``: the static INT8 QDQ model.  ``ort_int8_dynamic``: the
   dynamic one, kept in the table to show why it is the wrong choice here.
 * With CUDA present: ``pytorch_cuda_fp32`` and ``pytorch_cuda_fp16``
@@ -28,7 +28,6 @@ ratios.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,8 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.benchmark import Comparison, compare, torch_threads
-from phase3_production.onnx_export import onnx_session
+from common.benchmark import Comparison, compare, torch_threads, usable_cores
+from phase3_production.runtime import onnx_session
 
 Runner = Callable[[np.ndarray], np.ndarray]
 BASELINE = "pytorch_eager"
@@ -50,10 +49,6 @@ class Engine:
     model_bytes: int
     make_runner: Callable[[int], Runner]   # threads -> run(batch) -> logits
     uses_cuda: bool = False
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def ort_runner(path: Path, threads: int, providers=("CPUExecutionProvider",), spinning: bool = False) -> Runner:

@@ -30,16 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from common.augment import normalize
-from common.benchmark import environment_stamp, save_result
+from common.benchmark import environment_stamp, save_result, usable_cores
 from common.runs import runs_root, write_json
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase2_depth.p2_cnn import load_model, require_same_classes
-from phase3_production.inference_benchmark import (BASELINE, build_engines, markdown_table, plot_latencies,
-                                                  run_grid, usable_cores)
+from phase3_production.inference_benchmark import BASELINE, build_engines, markdown_table, plot_latencies, run_grid
 from phase3_production.inference_benchmark import accuracy as engine_accuracy
-from phase3_production.onnx_export import (add_reference, add_variant, export_onnx, onnx_session, parity,
-                                           verify_onnx)
+from phase3_production.onnx_export import add_reference, add_variant, export_onnx, parity, verify_onnx
+from phase3_production.runtime import onnx_session
 from phase3_production.quantize import quantize_dynamic_int8, quantize_static_int8
 
 MILESTONE = "p3-onnx"

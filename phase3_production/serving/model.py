@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from phase3_production.manifest import sha256_of, verify_sha256
+from phase3_production.runtime import onnx_session
 
 
 class ModelLoadError(RuntimeError):
@@ -40,8 +41,6 @@ class ServedModel:
 
     @classmethod
     def load(cls, model_dir: Path, model_file: str = "model.onnx", intra_op_threads: int = 1) -> "ServedModel":
-        import onnxruntime as ort
-
         path = Path(model_dir) / model_file
         try:
             manifest, entry = verify_sha256(path)
@@ -53,14 +52,9 @@ class ServedModel:
             if not reference_path.is_file() or sha256_of(reference_path) != manifest["reference"]["sha256"]:
                 raise ModelLoadError(f"refusing to serve: {reference_path}: missing or its sha256 does not "
                                      "match the manifest")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # Busy-waiting pool threads would steal the CPU from the HTTP side of the process.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # Not spinning: busy-waiting pool threads would steal the CPU from the HTTP side of the process.
+            session = onnx_session(path, intra_op_threads)
         except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
             raise ModelLoadError(f"refusing to serve: {path}: ONNX Runtime cannot load it ({exc})") from exc
         metadata = dict(session.get_modelmeta().custom_metadata_map)
