@@ -154,10 +154,11 @@ class Comparison:
         """A markdown table: one row per candidate."""
         lines = ["| candidate | mean ms | p50 ms | p95 ms | p99 ms | speedup (median of rounds) |",
                  "|---|---:|---:|---:|---:|---:|"]
+        speedup, spread = self.speedup_vs_baseline, self.speedup_spread   # computed once, not per row
         for name, s in self.stats.items():
-            lo, hi = self.speedup_spread[name]
+            lo, hi = spread[name]
             lines.append(f"| {name} | {s.mean_ms:.3f} | {s.p50_ms:.3f} | {s.p95_ms:.3f} | {s.p99_ms:.3f} | "
-                         f"{self.speedup_vs_baseline[name]:.2f}x ({lo:.2f}-{hi:.2f}) |")
+                         f"{speedup[name]:.2f}x ({lo:.2f}-{hi:.2f}) |")
         return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from phase3_production.http_client import multipart
+from phase3_production.http_client import multipart, request
 
 
 @dataclass
@@ -82,22 +82,4 @@ def cases(max_body_bytes: int, max_batch_files: int, max_pixels: int) -> list[Ca
 
 def send(port: int, case: Case, timeout: float = 30.0):
     """Send one case; chunked cases stream the body without a Content-Length."""
-    import http.client
-
-    from phase3_production.http_client import Reply
-
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        if case.chunked:
-            pieces = [case.body[i:i + 65536] for i in range(0, len(case.body), 65536)]
-            connection.request("POST", case.path, body=iter(pieces), headers=case.headers, encode_chunked=True)
-        else:
-            connection.request("POST", case.path, body=case.body, headers=case.headers)
-        response = connection.getresponse()
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-    except (BrokenPipeError, ConnectionResetError):
-        # The server may answer 413 and close while we are still sending; read what it said.
-        response = connection.getresponse()
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-    finally:
-        connection.close()
+    return request(port, "POST", case.path, case.body, case.headers, timeout=timeout, chunked=case.chunked)

@@ -48,12 +48,24 @@ def multipart(files: list[tuple[str, str, bytes, str]]) -> tuple[bytes, str]:
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, *,
-            host: str = "127.0.0.1", timeout: float = 30.0) -> Reply:
+            host: str = "127.0.0.1", timeout: float = 30.0, chunked: bool = False) -> Reply:
+    """One request on a fresh connection. ``chunked``: stream the body without a Content-Length."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
+
+    def reply() -> Reply:
         response = connection.getresponse()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+
+    try:
+        if chunked:
+            pieces = [body[i:i + 65536] for i in range(0, len(body or b""), 65536)]
+            connection.request(method, path, body=iter(pieces), headers=headers or {}, encode_chunked=True)
+        else:
+            connection.request(method, path, body=body, headers=headers or {})
+        return reply()
+    except (BrokenPipeError, ConnectionResetError):
+        # The server may answer (413, say) and close while we are still sending; read what it said.
+        return reply()
     finally:
         connection.close()
 

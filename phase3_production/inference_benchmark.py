@@ -174,19 +174,22 @@ def run_grid(engines: list[Engine], images: np.ndarray, *, batch_sizes=(1, 8, 64
     return Grid(engines=engines, cells=cells)
 
 
-def markdown_table(rows: list[dict], accuracy_by_engine: dict[str, float], bytes_by_engine: dict[str, int]) -> str:
-    """The README's table: latency percentiles, throughput, speedup with its spread, accuracy, size."""
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table: latency percentiles, throughput, speedup with its spread, accuracy, size.
+
+    Each row needs ``test_accuracy`` (or None) and ``model_bytes`` beside :meth:`Grid.rows`' figures.
+    """
     lines = ["| threads | batch | engine | mean ms | p50 ms | p95 ms | p99 ms | images/s | "
              "speedup vs eager (mean; p95) | test acc. | size MB |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lo, hi = r["speedup_vs_eager_range"]
-        acc = accuracy_by_engine.get(r["engine"])
+        acc = r.get("test_accuracy")
         lines.append(
             f"| {r['threads']} | {r['batch']} | {r['engine']} | {r['mean_ms']:.3f} | {r['p50_ms']:.3f} | "
             f"{r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['images_per_s']:,.0f} | "
             f"{r['speedup_vs_eager']:.2f}x ({lo:.2f}-{hi:.2f}); {r['speedup_vs_eager_p95']:.2f}x | "
-            f"{'' if acc is None else f'{100 * acc:.2f}%'} | {bytes_by_engine[r['engine']] / 1e6:.2f} |")
+            f"{'' if acc is None else f'{100 * acc:.2f}%'} | {r['model_bytes'] / 1e6:.2f} |")
     return "\n".join(lines)
 
 

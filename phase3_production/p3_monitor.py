@@ -35,6 +35,7 @@ from PIL import Image, ImageFilter
 
 from common.runs import runs_root, write_json
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
+from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase3_production.http_client import free_port, png_bytes, wait_until_ready
 from phase3_production.p3_serve import start_server, stop_server
 from phase3_production.serving.drift import FEATURES
@@ -180,8 +181,6 @@ def plot(timeline: list[dict], plan, alpha: float, n_tests: int, path: Path) -> 
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
     parser.add_argument("--model-dir", default=None, help="default: runs/p3-onnx")
-    from phase2_depth.data import add_dataset_argument, cifar_splits
-
     add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)

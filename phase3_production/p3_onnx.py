@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     bytes_by_engine = {e.name: e.model_bytes for e in engines}
     for row in rows:
         row["test_accuracy"], row["model_bytes"] = accuracy[row["engine"]], bytes_by_engine[row["engine"]]
-    table = markdown_table(rows, accuracy, bytes_by_engine)
+    table = markdown_table(rows)
     print(table)
     one = grid.cells[(1, 1)]
     targets = {
@@ -181,14 +181,13 @@ def write_drift_reference(run_dir: Path, splits, blob: dict, *, quick: bool, see
     """Reference statistics for p3-monitor's drift checks: input features of training images, and the
     model's confidences and predicted classes on the validation split. Listed in the manifest with a sha256."""
     from phase3_production.serving.drift import REFERENCE_NAME, batch_features, write_reference
+    from phase3_production.serving.model import ServedModel
 
     train = splits.train.subset(300 if quick else 2000, seed=seed)
     val = splits.val.subset(500 if quick else len(splits.val.labels), seed=seed)
-    session = onnx_session(run_dir / "model.onnx")
+    model = ServedModel.load(run_dir, intra_op_threads=usable_cores())   # the outputs the service will compare
     x = normalize(val.images, blob["mean"], blob["std"]).numpy()
-    logits = np.concatenate([session.run(None, {"images": x[i:i + 500]})[0] for i in range(0, len(x), 500)])
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    probabilities /= probabilities.sum(1, keepdims=True)
+    probabilities = np.concatenate([model.predict_probabilities(x[i:i + 500]) for i in range(0, len(x), 500)])
     write_reference(run_dir / REFERENCE_NAME, batch_features(train.images.numpy()), probabilities.max(1),
                     probabilities.argmax(1), list(splits.classes))
     print(f"  drift reference: features of {len(train.labels)} training images, outputs on "

@@ -67,7 +67,6 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained but real exported CNN (fp32 + static INT8) with its manifest: seconds, no dataset."""
-    import numpy as np
     import torch
 
     from common.data import CIFAR10_CLASSES

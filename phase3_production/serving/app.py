@@ -32,7 +32,7 @@ from phase3_production.serving.batcher import MicroBatcher, Saturated
 from phase3_production.serving.config import Settings
 from phase3_production.serving.drift import DriftMonitor, image_features
 from phase3_production.serving.errors import ApiError, error_response
-from phase3_production.serving.images import ImageRejected, open_checked, preprocess
+from phase3_production.serving.images import ImageRejected, normalize_pixels, open_checked, to_pixels
 from phase3_production.serving.limits import RequestLimits
 from phase3_production.serving.metrics import ServiceMetrics
 from phase3_production.serving.model import ServedModel
@@ -117,8 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             image = open_checked(data, allowed=settings.allowed_formats, max_pixels=settings.max_pixels,
                                  max_bytes=settings.max_image_bytes)
             m = state.model
-            x = preprocess(image, m.input_shape, m.mean, m.std)
-            return x, image_features(x * m.std + m.mean)
+            pixels = to_pixels(image, m.input_shape)
+            return normalize_pixels(pixels, m.mean, m.std), image_features(pixels)
         try:
             return work() if len(data) <= DECODE_INLINE_BYTES else await asyncio.to_thread(work)
         except ImageRejected as exc:

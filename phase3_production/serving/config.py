@@ -7,7 +7,7 @@ environment differs.  Defaults suit a 2-core machine.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -49,7 +49,7 @@ class Settings:
     drift_window: int = 200                 # requests compared with the reference
     drift_check_every: int = 25
     drift_alpha: float = 1e-4               # per check, family-wise (Bonferroni inside the KS family)
-    allowed_formats: tuple[str, ...] = field(default=("PNG", "JPEG", "WEBP", "BMP"))
+    allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -95,9 +95,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess(image: Image.Image, input_shape: tuple[int, int, int], mean: np.ndarray,
-               std: np.ndarray) -> np.ndarray:
-    """RGB image -> float32 (C, H, W), resized and normalised exactly as in training."""
+def to_pixels(image: Image.Image, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """RGB image -> float32 (C, H, W) in 0..1, resized to the model's input."""
     channels, height, width = input_shape
     image = to_rgb(image)
     if image.size != (width, height):
@@ -105,4 +104,15 @@ def preprocess(image: Image.Image, input_shape: tuple[int, int, int], mean: np.n
     pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
     if pixels.shape[0] != channels:
         raise ImageRejected(400, "wrong_channels", f"model expects {channels} channels, image has {pixels.shape[0]}")
+    return pixels
+
+
+def normalize_pixels(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The training normalisation, ``(pixels - mean) / std`` per channel."""
     return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+
+
+def preprocess(image: Image.Image, input_shape: tuple[int, int, int], mean: np.ndarray,
+               std: np.ndarray) -> np.ndarray:
+    """RGB image -> float32 (C, H, W), resized and normalised exactly as in training."""
+    return normalize_pixels(to_pixels(image, input_shape), mean, std)
