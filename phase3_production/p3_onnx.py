@@ -67,15 +67,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else runs_root() / "p2-cnn" / "model.pt"
     model, blob = load_model(checkpoint)
+    # The data first: a model that does not fit it must fail before a previous good export is overwritten.
+    splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
+                          subset=(1000, 500, PARITY_IMAGES) if args.quick else None)
+    require_same_classes(checkpoint, blob, splits.classes)
     print(f"\n-- 1. Export {checkpoint} (widths {blob['arch']['widths']}) to ONNX, opset 18, dynamic batch --")
     manifest = export_onnx(model, blob, checkpoint, run_dir)
     verify_onnx(run_dir / "model.onnx")
     print(f"  {manifest['onnx_file']}: {manifest['bytes'] / 1e6:.2f} MB, sha256 {manifest['sha256'][:16]}..., "
           "checked by onnx.checker and against manifest.json")
 
-    splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
-                          subset=(1000, 500, PARITY_IMAGES) if args.quick else None)
-    require_same_classes(checkpoint, blob, splits.classes)
     test = splits.test.subset(PARITY_IMAGES, seed=args.seed)
     x = normalize(test.images, blob["mean"], blob["std"]).numpy()  # the training normalisation
     print(f"\n-- 2. Parity on {len(x):,} test images: PyTorch eager vs ONNX Runtime (CPU, all optimisations) --")

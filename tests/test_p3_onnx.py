@@ -164,3 +164,19 @@ def test_quantize_refuses_a_missing_model_and_malformed_calibration_images(tmp_p
         quantize_static_int8(tmp_path / "absent.onnx", tmp_path / "out.onnx", np.zeros((4, 3, 32, 32), np.float32))
     with pytest.raises(ValueError, match="float32 N x C x H x W"):
         ArrayCalibrationReader(np.zeros((4, 32, 32), np.float32), "images")
+
+
+def test_a_model_for_other_classes_fails_before_overwriting_the_previous_export(exported, tmp_path):
+    import shutil
+
+    import torch
+
+    runs, _ = exported
+    shutil.copytree(runs / "p3-onnx", tmp_path / "export")
+    before = (tmp_path / "export" / "model.onnx").read_bytes()
+    blob = torch.load(runs / "p2-cnn" / "model.pt", weights_only=True)
+    blob["classes"] = [f"other-{i}" for i in range(len(blob["classes"]))]
+    torch.save(blob, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="was trained on classes"):
+        p3_onnx.main(["--quick", "--checkpoint", str(tmp_path / "other.pt"), "--run-dir", str(tmp_path / "export")])
+    assert (tmp_path / "export" / "model.onnx").read_bytes() == before
