@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.benchmark import usable_cores  # noqa: E402
 from common.runs import runs_root, write_json  # noqa: E402
 from phase3_production.http_client import free_port, png_bytes, wait_until_ready  # noqa: E402
 from phase3_production.p3_serve import start_server, stop_server  # noqa: E402
@@ -149,7 +150,7 @@ def main(argv=None) -> dict:
     run_dir = runs_root() / "p3-load"
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[p3-load] {model_dir}, {len(images)} real test images as PNG, {total:,} requests per run, "
-          f"concurrency {levels}, {rounds} rounds alternating batching on/off, {os.cpu_count()} cores")
+          f"concurrency {levels}, {rounds} rounds alternating batching on/off, {usable_cores()} cores")
 
     wait_env = {} if args.max_wait_ms is None else {"MAX_WAIT_MS": str(args.max_wait_ms)}
     runs: list[dict] = []
