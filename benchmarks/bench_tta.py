@@ -1,16 +1,34 @@
 """Time to accuracy: training seconds until the test accuracy first reaches a target.
 
 Two races, each a small list of recipes run one after another on the same
-device, every recipe's clock counting training only (the per-epoch test
-evaluation is paused out, as in bench-p1), compilation included:
+device (each recipe for every ``--seeds`` seed):
 
 * ``mnist-mlp``: the 784-128-10 MLP (SimpleNet) to 98% (the issue's GPU
   target: 1 s on one H100);
-* ``cifar-cnn``: the 5-layer CNN to 90% (GPU target: 30 s on one H100).
+* ``cifar-cnn``: the 5-layer CNN (p2-cnn's wide GPU network) to 90% (GPU
+  target: 30 s on one H100).
+
+What the clock counts, as in DAWNBench and airbench:
+
+* training only: the per-epoch test evaluation that decides whether the
+  target is reached is paused out (as in bench-p1);
+* ``torch.compile``'s compilation, when a recipe uses it;
+* NOT the one-time start-up of a process's first CUDA work (context, cuBLAS
+  and cuDNN handles, kernels loaded on first use).  An untimed warm-up epoch
+  pays it before the races and its seconds are reported beside them
+  (``warmup_seconds``), so a reader can add them back for a cold process.
 
 The first epoch at or above the target ends a run; a run that never gets
-there is reported as not reaching it, never averaged in.  On a CPU these
-races take many minutes; they are meant for a GPU (``DEVICE=cuda``).
+there is reported as not reaching it, never averaged in.  A recipe's figure is
+the median over its seeds, and counts only if every seed reached the target.
+
+The CIFAR race trains on all 50,000 training images: nothing is selected on
+a validation split here, so the 5,000 that p2-cnn holds out have no job.
+Recipes may evaluate with flip test-time augmentation (each test image's
+logits averaged with its mirror's; ``Trainer.predict(flip=True)``); the trace
+records the plain accuracy beside it, so its effect is visible.
+
+On a CPU these races take many minutes; they are meant for a GPU (``DEVICE=cuda``).
 
 Run: ``make bench-tta DEVICE=cuda ARGS='--task cifar-cnn'`` (``--task mnist-mlp`` is the default).
 Writes ``benchmarks/results/bench_tta_<task>_<device>.json``.
@@ -19,6 +37,7 @@ Writes ``benchmarks/results/bench_tta_<task>_<device>.json``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -34,16 +53,20 @@ from common.trainer import TrainConfig, Trainer  # noqa: E402
 
 TARGETS = {"mnist-mlp": 0.98, "cifar-cnn": 0.90}
 
-# Candidates, fastest-looking first. Each is one run; the table reports all of them.
+# Candidates. Each runs once per seed; the table reports all of them.
 MNIST_RECIPES = [
-    dict(batch_size=1024, epochs=12, lr=8e-3, warmup_epochs=1.0, crop_pad=2),
-    dict(batch_size=512, epochs=10, lr=6e-3, warmup_epochs=1.0, crop_pad=2),
-    dict(batch_size=128, epochs=10, lr=3e-3, warmup_epochs=2.0, crop_pad=2),   # p1-refactor's fast path
+    # Large batches: this MLP's step costs the same at batch 128 and 2048 on a GPU (launch overhead),
+    # so fewer, larger steps win; a 1-pixel random shift is enough augmentation for 98%.
+    dict(batch_size=2048, epochs=12, lr=0.02, warmup_epochs=1.0, crop_pad=1),
+    dict(batch_size=2048, epochs=10, lr=0.015, warmup_epochs=1.0, crop_pad=1),
+    dict(batch_size=1024, epochs=8, lr=0.01, warmup_epochs=1.0, crop_pad=1),
+    dict(batch_size=1024, epochs=12, lr=8e-3, warmup_epochs=1.0, crop_pad=2),   # the first GPU run's best
 ]
 CIFAR_RECIPES = [
-    dict(widths="wide", pool_first=False, epochs=40, batch_size=256, lr=0.2, compile=False, cutout=True),  # p2-cnn gpu
-    dict(widths="wide", pool_first=False, epochs=40, batch_size=256, lr=0.2, compile=True, cutout=True),
-    dict(widths="wide", pool_first=False, epochs=40, batch_size=512, lr=0.3, compile=True, cutout=True),
+    dict(epochs=32, batch_size=512, lr=0.3, compile=False, cutout=True, flip_tta=True),
+    dict(epochs=40, batch_size=512, lr=0.3, compile=False, cutout=True, flip_tta=True),
+    dict(epochs=40, batch_size=1024, lr=0.4, compile=False, cutout=True, flip_tta=True),
+    dict(epochs=40, batch_size=512, lr=0.3, compile=True, cutout=True, flip_tta=True),
 ]
 
 
@@ -51,14 +74,17 @@ class ReachedTarget(Exception):
     pass
 
 
-def race(trainer: Trainer, train_loader, test_loader, target: float) -> dict:
-    """Fit until the test accuracy (checked after each epoch) reaches ``target``."""
+def race(trainer: Trainer, train_loader, test_loader, target: float, *, flip_tta: bool = False) -> dict:
+    """Fit until the test accuracy (checked after each epoch, off the clock) reaches ``target``."""
     trace = []
 
     def after_epoch(record: dict) -> None:
-        accuracy = trainer.evaluate(test_loader)["accuracy"]
-        trace.append({"epoch": record["epoch"], "train_seconds": record["seconds"], "test_accuracy": accuracy})
-        if accuracy >= target:
+        point = {"epoch": record["epoch"], "train_seconds": record["seconds"]}
+        if flip_tta:
+            point["test_accuracy_plain"] = trainer.evaluate(test_loader)["accuracy"]
+        point["test_accuracy"] = trainer.evaluate(test_loader, flip=flip_tta)["accuracy"]
+        trace.append(point)
+        if point["test_accuracy"] >= target:
             raise ReachedTarget
 
     try:
@@ -71,12 +97,12 @@ def race(trainer: Trainer, train_loader, test_loader, target: float) -> dict:
             "best_accuracy": max(t["test_accuracy"] for t in trace), "trace": trace}
 
 
-def mnist_mlp(device, data_dir, recipe: dict, seed: int, quick: bool = False) -> dict:
+def mnist_mlp(device, data_dir, recipe: dict, seed: int, target: float, quick: bool = False) -> dict:
     from common.data import load_dataset
     from phase1_foundation.models import SimpleNet
     from phase1_foundation.p1_train import MNIST_MEAN, MNIST_STD
 
-    data = load_dataset("mnist", data_dir=data_dir, quick=quick)
+    data = load_dataset("mnist", data_dir=data_dir, quick=quick, announce=lambda *_: None)
     if quick:
         data.train = data.train.subset(6000)
     train = TensorLoader(data.train, recipe["batch_size"], device=device, mean=MNIST_MEAN, std=MNIST_STD,
@@ -86,35 +112,65 @@ def mnist_mlp(device, data_dir, recipe: dict, seed: int, quick: bool = False) ->
     config = TrainConfig(epochs=recipe["epochs"], optimizer="adam", lr=recipe["lr"], schedule="onecycle",
                          warmup_epochs=recipe["warmup_epochs"], seed=seed, log_every=10**9)
     return race(Trainer(SimpleNet(), config, device=device, progress=False, announce=lambda *_: None),
-                train, test, 0.90 if quick else TARGETS["mnist-mlp"])
+                train, test, target)
 
 
-def cifar_cnn(device, data_dir, recipe: dict, seed: int, quick: bool = False) -> dict:
-    from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, cifar_splits
+def cifar_cnn(device, data_dir, recipe: dict, seed: int, target: float, quick: bool = False) -> dict:
+    from common.data import load_dataset
+    from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, channel_stats
     from phase2_depth.p2_cnn import RECIPES, build_model
 
-    splits = cifar_splits(data_dir=data_dir, seed=seed, quick=quick,
-                          subset=(5000, 500, 1000) if quick else None)
+    data = load_dataset("cifar10", data_dir=data_dir, quick=quick, announce=lambda *_: None)
+    train, test = data.train, data.test
+    if quick:
+        train, test = train.subset(5000, seed), test.subset(1000, seed)
+    mean, std = channel_stats(train.images)   # all 50,000 training images: they are the training set here
     full = {**RECIPES["gpu"], **recipe}
-    train, _, test = splits.loaders(full["batch_size"], device=device, seed=seed, channels_last=True,
-                                    augment=AUGMENT_CUTOUT if full["cutout"] else AUGMENT)
+    on_device = dict(device=device, mean=mean, std=std, channels_last=True)
+    train_loader = TensorLoader(train, full["batch_size"], shuffle=True, drop_last=True, seed=seed,
+                                augment=AUGMENT_CUTOUT if full["cutout"] else AUGMENT, **on_device)
+    test_loader = TensorLoader(test, 1000, shuffle=False, **on_device)
     torch.manual_seed(seed)
     config = TrainConfig(epochs=full["epochs"], optimizer="sgd", lr=full["lr"], momentum=0.9, nesterov=True,
                          weight_decay=full["weight_decay"], schedule="onecycle",
                          label_smoothing=full["label_smoothing"], channels_last=True, seed=seed,
                          compile=full["compile"], log_every=10**9)
-    return race(Trainer(build_model(full, num_classes=10), config, device=device, progress=False,
-                        announce=lambda *_: None), train, test, 0.30 if quick else TARGETS["cifar-cnn"])
+    return race(Trainer(build_model(full, num_classes=len(data.classes)), config, device=device, progress=False,
+                        announce=lambda *_: None), train_loader, test_loader, target,
+                flip_tta=full.get("flip_tta", False))
+
+
+def summarise(task: str, target: float, device, runs: list[dict], warmup_seconds: float | None) -> dict:
+    """Per recipe: reached on how many seeds, median seconds (only if every seed reached)."""
+    recipes = []
+    for recipe in {repr(r["recipe"]): r["recipe"] for r in runs}.values():
+        mine = [r for r in runs if r["recipe"] == recipe]
+        all_reached = all(r["reached"] for r in mine)
+        recipes.append({"recipe": recipe, "seeds": [r["seed"] for r in mine],
+                        "reached": sum(r["reached"] for r in mine),
+                        "median_seconds": statistics.median(r["seconds"] for r in mine) if all_reached else None,
+                        "median_epochs": statistics.median(r["epochs"] for r in mine) if all_reached else None,
+                        "best_accuracy": max(r["best_accuracy"] for r in mine)})
+    finished = [r for r in recipes if r["median_seconds"] is not None]
+    best = min(finished, key=lambda r: r["median_seconds"]) if finished else None
+    return {"task": task, "target_accuracy": target, "device": str(device), "warmup_seconds": warmup_seconds,
+            "clock": "training seconds only; per-epoch test evaluation paused out; compilation counted; "
+                     "one-time CUDA start-up paid by an untimed warm-up epoch (warmup_seconds)",
+            "recipes": recipes, "runs": runs,
+            "best_seconds": best["median_seconds"] if best else None,
+            "best_recipe": best["recipe"] if best else None}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TARGETS), default="mnist-mlp")
-    parser.add_argument("--quick", action="store_true", help="one short recipe on 6,000 images, target 90%%")
+    parser.add_argument("--quick", action="store_true", help="one short recipe on a subset, a low bar")
     parser.add_argument("--device", default=None)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--recipes", type=int, default=None, help="run only the first N candidate recipes")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                        help="an untimed warm-up epoch first (default: on for CUDA)")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -126,27 +182,39 @@ def main(argv=None) -> dict:
                  if args.task == "cifar-cnn" else {"batch_size": 64, "epochs": 10, "lr": 3e-3})
         recipes = [{**recipes[0], "compile": False, **small}]
         target = 0.90 if args.task == "mnist-mlp" else 0.30
-    runs: list[dict] = []
     name = f"bench_tta_{args.task}_{device.type}" + ("_quick" if args.quick else "")
-
-    def summary() -> dict:
-        reached = [r for r in runs if r["reached"]]
-        best = min(reached, key=lambda r: r["seconds"]) if reached else None
-        return {"task": args.task, "target_accuracy": target, "device": str(device), "seed": args.seed,
-                "runs": runs, "best_seconds": best["seconds"] if best else None,
-                "best_recipe": best["recipe"] if best else None}
-
-    for recipe in recipes:
-        result = run(device, args.data_dir, recipe, args.seed, args.quick) | {"recipe": recipe}
-        runs.append(result)
-        status = f"{result['seconds']:.2f} s to {100 * target:.0f}% (epoch {result['epochs']})" if result["reached"] \
-            else f"NOT reached in {result['epochs']} epochs ({result['seconds']:.2f} s, best {100 * result['best_accuracy']:.2f}%)"
-        print(f"[{args.task}] {recipe}: {status}", flush=True)
-        path = save_result(name, summary(), directory=args.results_dir)   # after every run: nothing lost
-    result = summary()
-    best = next((r for r in runs if r["reached"] and r["seconds"] == result["best_seconds"]), None)
-    best_text = "-" if best is None else f"{best['seconds']:.2f} s"
     stamp = environment_stamp()
+    print(f"[{args.task}] target {100 * target:.0f}% test accuracy on {stamp['gpu'] or stamp['cpu']}; "
+          f"{len(recipes)} recipes x seeds {args.seeds}", flush=True)
+
+    warmup_seconds = None
+    if args.warmup if args.warmup is not None else device.type == "cuda":
+        # One epoch of the first recipe, eager, unreachable target: it pays the CUDA start-up off the clock.
+        warm = run(device, args.data_dir, {**recipes[0], "epochs": 1, "compile": False}, args.seeds[0], 2.0,
+                   args.quick)
+        warmup_seconds = warm["seconds"]
+        print(f"[{args.task}] untimed warm-up epoch: {warmup_seconds:.2f} s (the process's one-time start-up "
+              "is in it)", flush=True)
+
+    runs: list[dict] = []
+    for recipe in recipes:
+        for seed in args.seeds:
+            result = run(device, args.data_dir, recipe, seed, target, args.quick) | {"recipe": recipe, "seed": seed}
+            runs.append(result)
+            status = (f"{result['seconds']:.2f} s to {100 * target:.0f}% (epoch {result['epochs']})"
+                      if result["reached"] else
+                      f"NOT reached in {result['epochs']} epochs ({result['seconds']:.2f} s, "
+                      f"best {100 * result['best_accuracy']:.2f}%)")
+            print(f"[{args.task}] seed {seed} {recipe}: {status}", flush=True)
+            path = save_result(name, summarise(args.task, target, device, runs, warmup_seconds),
+                               directory=args.results_dir)   # after every run: nothing lost
+    result = summarise(args.task, target, device, runs, warmup_seconds)
+    print(f"\n{args.task}, median over seeds {args.seeds} (training seconds; warm-up excluded):")
+    for r in result["recipes"]:
+        figure = (f"{r['median_seconds']:6.2f} s  ({r['median_epochs']:g} epochs)" if r["median_seconds"] is not None
+                  else f"   -    reached on {r['reached']}/{len(r['seeds'])} seeds, best {100 * r['best_accuracy']:.2f}%")
+        print(f"  {figure}  {r['recipe']}")
+    best_text = "-" if result["best_seconds"] is None else f"{result['best_seconds']:.2f} s"
     print(f"{args.task}: best {best_text} to {100 * target:.0f}% on {stamp['gpu'] or stamp['cpu']}; wrote {path}")
     return result
 

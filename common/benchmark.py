@@ -247,6 +247,16 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _git_dirty(directory: Path | None = None) -> bool | None:
+    """True when tracked files differ from the commit: the figure then comes from code not yet committed."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, timeout=5, cwd=directory or Path(__file__).resolve().parent)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -276,6 +286,7 @@ def environment_stamp() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git_commit": _git_commit(),
+        "git_uncommitted_changes": _git_dirty(),
     }
     return stamp
 

@@ -161,12 +161,16 @@ class Trainer:
         no_decay = [p for p in self.raw_model.parameters() if p.requires_grad and p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+        # On a GPU, the fused implementations update every parameter in one kernel
+        # launch instead of several per tensor: same arithmetic, less launch overhead
+        # (it dominates small models' steps).
+        fused = {"fused": True} if self.device.type == "cuda" else {}
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=cfg.lr)
+            return torch.optim.Adam(groups, lr=cfg.lr, **fused)
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=cfg.lr)
+            return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, adam or adamw")
 
     def _make_scheduler(self, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -283,15 +287,20 @@ class Trainer:
                            images_per_s=seen / seconds if seconds > 0 else float("nan"))
 
     @torch.inference_mode()
-    def evaluate(self, loader: Iterable) -> dict:
-        """Mean loss and accuracy over ``loader``, in eval mode, without gradients."""
-        logits, labels = self.predict(loader)
+    def evaluate(self, loader: Iterable, *, flip: bool = False) -> dict:
+        """Mean loss and accuracy over ``loader``, in eval mode, without gradients (``flip``: see predict)."""
+        logits, labels = self.predict(loader, flip=flip)
         loss = nn.functional.cross_entropy(logits, labels).item()
         return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean().item()}
 
     @torch.inference_mode()
-    def predict(self, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, loader: Iterable, *, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """All logits (float32, on the CPU) and labels for ``loader``, in eval mode.
+
+        ``flip=True`` is test-time augmentation for images whose mirror image is
+        just as likely (CIFAR-10, not digits): each image's logits are the mean
+        of the model's logits for it and for its left-right mirror.  Two forward
+        passes buy a better estimate, typically a few tenths of a point.
 
         Under DDP every rank evaluates the whole (unsharded) loader with the
         plain model: the weights are identical on every rank, so no rank waits.
@@ -303,6 +312,8 @@ class Trainer:
             x, y = self._to_device(x, y)
             with self._autocast():
                 logits = model(x)
+                if flip:
+                    logits = (logits.float() + model(x.flip(3)).float()) / 2
             all_logits.append(logits.float().cpu())
             all_labels.append(y.cpu())
         return torch.cat(all_logits), torch.cat(all_labels)

@@ -22,3 +22,21 @@ def test_quick_race_reaches_its_target_and_writes_a_stamped_result(tmp_path):
     assert all(t["test_accuracy"] < 0.90 for t in run["trace"][:-1])   # it stopped at the first epoch there
     saved = json.loads((tmp_path / "bench_tta_mnist-mlp_cpu_quick.json").read_text())
     assert saved["environment"]["torch"] and saved["result"]["device"] == "cpu"
+
+
+def test_a_recipe_counts_only_if_every_seed_reached_and_reports_the_median():
+    fast_but_flaky = {"batch_size": 4096}
+    steady = {"batch_size": 1024}
+
+    def run(recipe, seed, reached, seconds, epochs=5):
+        return {"recipe": recipe, "seed": seed, "reached": reached, "seconds": seconds, "epochs": epochs,
+                "best_accuracy": 0.981 if reached else 0.979, "trace": []}
+
+    runs = [run(fast_but_flaky, 0, True, 0.2), run(fast_but_flaky, 1, False, 0.3), run(fast_but_flaky, 2, True, 0.2),
+            run(steady, 0, True, 0.9), run(steady, 1, True, 0.5, 6), run(steady, 2, True, 0.7, 7)]
+    summary = bench_tta.summarise("mnist-mlp", 0.98, "cuda", runs, warmup_seconds=0.8)
+    flaky, kept = summary["recipes"]
+    assert flaky["reached"] == 2 and flaky["median_seconds"] is None        # 2 of 3 seeds is not a result
+    assert kept["median_seconds"] == 0.7 and kept["median_epochs"] == 6
+    assert summary["best_recipe"] == steady and summary["best_seconds"] == 0.7
+    assert summary["warmup_seconds"] == 0.8 and "warm-up" in summary["clock"]

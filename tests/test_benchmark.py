@@ -119,3 +119,22 @@ def test_environment_stamp_and_saved_result(tmp_path):
     saved = json.loads(path.read_text())
     assert path.name == "unit.json" and saved["environment"]["torch"] == stamp["torch"]
     assert saved["result"]["stats"]["mean_ms"] == pytest.approx(1.5)
+
+
+def test_stamp_says_when_the_code_differs_from_its_commit(tmp_path):
+    import subprocess
+
+    from common.benchmark import _git_dirty
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("a = 1\n")
+    git("add", "model.py")
+    git("commit", "-q", "-m", "first")
+    assert _git_dirty(tmp_path) is False
+    (tmp_path / "model.py").write_text("a = 2\n")
+    assert _git_dirty(tmp_path) is True
+    assert "git_uncommitted_changes" in environment_stamp()

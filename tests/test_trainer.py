@@ -174,3 +174,25 @@ def test_device_choice_is_explicit():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_flip_test_time_augmentation_averages_an_image_and_its_mirror():
+    model = tiny_cnn(0)
+    trainer = Trainer(model, TrainConfig(precision="fp32"), device="cpu", announce=quiet, progress=False)
+    test = loader(make_split(40, seed=3), batch_size=16, shuffle=False, augment=False)
+    plain, labels = trainer.predict(test)
+    flipped, same_labels = trainer.predict(test, flip=True)
+    model.eval()
+    with torch.no_grad():   # the definition, written out: one forward pass per view, then the mean
+        by_hand = torch.cat([(model(x) + model(torch.flip(x, dims=[3]))) / 2 for x, _ in test])
+    assert torch.equal(labels, same_labels)
+    torch.testing.assert_close(flipped, by_hand)
+    assert not torch.allclose(flipped, plain)   # the mirror really changes the answer for this model
+    accuracy = trainer.evaluate(test, flip=True)["accuracy"]
+    assert accuracy == pytest.approx((flipped.argmax(1) == labels).float().mean().item())
+
+
+def test_fused_optimiser_only_where_it_exists():
+    """On a GPU the optimiser updates all parameters in one fused kernel; on a CPU it keeps the default."""
+    trainer = Trainer(tiny_cnn(0), TrainConfig(optimizer="sgd"), device="cpu", announce=quiet, progress=False)
+    assert not trainer.optimizer.defaults.get("fused")
