@@ -52,7 +52,7 @@ RECIPES = {
     # Measured on a 2-core CPU: see phase2_depth/README.md.
     "cpu": dict(widths="medium", pool_first=True, epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
                 label_smoothing=0.1, dropout=0.2, cutout=False),
-    # For an A100/H100-class GPU. Measured on one H200: 89.72% test in 0.73 min (phase2_depth/README.md).
+    # For an A100/H100-class GPU. Measured on one H200: 89.82% test in 0.90 min (phase2_depth/README.md).
     "gpu": dict(widths="wide", pool_first=False, epochs=40, batch_size=256, lr=0.2, weight_decay=5e-4,
                 label_smoothing=0.1, dropout=0.2, cutout=True),
     # CI-sized: real images, a fixed 3 epochs, about 2 minutes on 2 cores.
