@@ -92,6 +92,16 @@ def normalize(batch: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32
     return (batch.to(dtype) / 255.0 - mean_t) / std_t
 
 
+def flip_averaged_logits(model, batch: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the mean of the logits for each image and for its left-right mirror.
+
+    For images whose mirror is just as likely (CIFAR-10, not digits), two
+    forward passes give a better estimate than one, typically a few tenths
+    of a point of accuracy.  ``batch`` is normalised ``N, C, H, W``.
+    """
+    return (model(batch).float() + model(batch.flip(3)).float()) / 2
+
+
 @dataclass(frozen=True)
 class BatchAugment:
     """The augmentation recipe applied to each training batch (uint8 in, uint8 out)."""

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from common import distributed
+from common.augment import flip_averaged_logits
 from common.device import autocast_dtype, describe_device, resolve_device, seed_everything
 from common.runs import atomic_torch_save, update_metrics
 from common.schedules import lr_multiplier
@@ -298,9 +299,8 @@ class Trainer:
         """All logits (float32, on the CPU) and labels for ``loader``, in eval mode.
 
         ``flip=True`` is test-time augmentation for images whose mirror image is
-        just as likely (CIFAR-10, not digits): each image's logits are the mean
-        of the model's logits for it and for its left-right mirror.  Two forward
-        passes buy a better estimate, typically a few tenths of a point.
+        just as likely (CIFAR-10, not digits): see
+        :func:`common.augment.flip_averaged_logits`.
 
         Under DDP every rank evaluates the whole (unsharded) loader with the
         plain model: the weights are identical on every rank, so no rank waits.
@@ -311,9 +311,7 @@ class Trainer:
         for x, y in loader:
             x, y = self._to_device(x, y)
             with self._autocast():
-                logits = model(x)
-                if flip:
-                    logits = (logits.float() + model(x.flip(3)).float()) / 2
+                logits = flip_averaged_logits(model, x) if flip else model(x)
             all_logits.append(logits.float().cpu())
             all_labels.append(y.cpu())
         return torch.cat(all_logits), torch.cat(all_labels)

@@ -47,6 +47,28 @@ def test_quick_eval_after_quick_cnn(tmp_path, monkeypatch):
         assert (tmp_path / "p2-eval" / name).is_file(), name
     saved = json.loads((tmp_path / "p2-eval" / "metrics.json").read_text())
     assert {"macro avg", "weighted avg"} <= set(saved["classification_report"])
+    assert 0.0 <= saved["flip_tta"]["accuracy"] <= 1.0 and 0.0 <= saved["flip_tta"]["ece"] <= 1.0
+
+
+@eval_mark
+def test_flip_averaging_mirrors_left_right_only():
+    """Images equal to their own left-right mirror get exactly the plain answer; others do not."""
+    import torch
+
+    from common.data import Split
+    from phase2_depth.models import FiveLayerCNN, WIDTHS
+
+    torch.manual_seed(0)
+    model = FiveLayerCNN(WIDTHS["narrow"], num_classes=10, dropout=0.0, pool_first=True)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    symmetric = torch.cat([images[..., :16], images[..., :16].flip(3)], dim=3)   # each row a palindrome
+    args = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device="cpu")
+    for split, same in ((Split(symmetric, torch.zeros(8, dtype=torch.long)), True),
+                        (Split(images, torch.zeros(8, dtype=torch.long)), False)):
+        plain = p2_eval.predict_probs(model, split, **args)
+        flipped = p2_eval.predict_probs(model, split, **args, flip=True)
+        assert np.allclose(plain, flipped, atol=1e-6) == same
+        assert np.allclose(flipped.sum(axis=1), 1.0, atol=1e-5)
 
 
 @eval_mark
