@@ -30,7 +30,7 @@ records the plain accuracy beside it, so its effect is visible.
 
 On a CPU these races take many minutes; they are meant for a GPU (``DEVICE=cuda``).
 
-Run: ``make bench-tta DEVICE=cuda ARGS='--task cifar-cnn'`` (``--task mnist-mlp`` is the default).
+Run: ``make bench-tta DEVICE=cuda ARGS='--task cifar-cnn --seeds 0 1 2'`` (``--task mnist-mlp`` is the default).
 Writes ``benchmarks/results/bench_tta_<task>_<device>.json``.
 """
 
@@ -211,7 +211,9 @@ def main(argv=None) -> dict:
     result = summarise(args.task, target, device, runs, warmup_seconds)
     print(f"\n{args.task}, median over seeds {args.seeds} (training seconds; warm-up excluded):")
     for r in result["recipes"]:
-        figure = (f"{r['median_seconds']:6.2f} s  ({r['median_epochs']:g} epochs)" if r["median_seconds"] is not None
+        epochs = r["median_epochs"]
+        figure = (f"{r['median_seconds']:6.2f} s  ({epochs:g} epoch{'' if epochs == 1 else 's'})"
+                  if r["median_seconds"] is not None
                   else f"   -    reached on {r['reached']}/{len(r['seeds'])} seeds, best {100 * r['best_accuracy']:.2f}%")
         print(f"  {figure}  {r['recipe']}")
     best_text = "-" if result["best_seconds"] is None else f"{result['best_seconds']:.2f} s"
