@@ -31,7 +31,8 @@ records the plain accuracy beside it, so its effect is visible.
 On a CPU these races take many minutes; they are meant for a GPU (``DEVICE=cuda``).
 
 Run: ``make bench-tta DEVICE=cuda ARGS='--task cifar-cnn --seeds 0 1 2'`` (``--task mnist-mlp`` is the default).
-Writes ``benchmarks/results/bench_tta_<task>_<device>.json``.
+Writes ``benchmarks/results/bench_tta_<task>_<device>.json`` and a ``.png`` beside it: test accuracy
+against training seconds for every run (``--plot JSON`` redraws it from a result file).
 """
 
 from __future__ import annotations
@@ -161,6 +162,34 @@ def summarise(task: str, target: float, device, runs: list[dict], warmup_seconds
             "best_recipe": best["recipe"] if best else None}
 
 
+def plot_races(result: dict, path: Path, title: str) -> Path:
+    """Test accuracy against training seconds, one line per run: where each crossed the target, and when."""
+    from common.plots import plt, save
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    recipes = [r["recipe"] for r in result["recipes"]]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    keys = list(dict.fromkeys(key for recipe in recipes for key in recipe))
+    varying = [key for key in keys if len({repr(r.get(key)) for r in recipes}) > 1] or keys   # what tells them apart
+    for run in result["runs"]:
+        k = recipes.index(run["recipe"])
+        clock = [sum(t["train_seconds"] for t in run["trace"][: i + 1]) for i in range(len(run["trace"]))]
+        label = None if run["seed"] != result["recipes"][k]["seeds"][0] else (
+            ", ".join(f"{key} {run['recipe'].get(key)}" for key in varying))
+        ax.plot(clock, [100 * t["test_accuracy"] for t in run["trace"]], "-" if run["reached"] else ":",
+                color=colours[k % len(colours)], label=label, linewidth=1.2)
+        if run["reached"]:
+            ax.plot(clock[-1], 100 * run["trace"][-1]["test_accuracy"], "o", color=colours[k % len(colours)])
+    target = 100 * result["target_accuracy"]
+    ax.axhline(target, color="black", linewidth=0.8, linestyle="--")
+    ax.set_ylim(target - 8, min(100, target + 2))
+    ax.set(xlabel="training seconds (evaluation off the clock)", ylabel="test accuracy (%)",
+           title=f"{title}\n(one line per seed; dot: target reached; dotted line: never reached)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, path)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TARGETS), default="mnist-mlp")
@@ -172,7 +201,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                         help="an untimed warm-up epoch first (default: on for CUDA)")
     parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--plot", metavar="JSON", default=None,
+                        help="only redraw the picture of a result file this script wrote, then stop")
     args = parser.parse_args(argv)
+    if args.plot:
+        import json
+
+        saved = json.loads(Path(args.plot).read_text())
+        stamp = saved["environment"]
+        picture = plot_races(saved["result"], Path(args.plot).with_suffix(".png"),
+                             f"{saved['result']['task']} on {stamp['gpu'] or stamp['cpu']}")
+        print(f"wrote {picture}")
+        return saved["result"]
     device = resolve_device(args.device)
     recipes = (MNIST_RECIPES if args.task == "mnist-mlp" else CIFAR_RECIPES)[: args.recipes]
     run = mnist_mlp if args.task == "mnist-mlp" else cifar_cnn
@@ -216,8 +256,10 @@ def main(argv=None) -> dict:
                   if r["median_seconds"] is not None
                   else f"   -    reached on {r['reached']}/{len(r['seeds'])} seeds, best {100 * r['best_accuracy']:.2f}%")
         print(f"  {figure}  {r['recipe']}")
+    picture = plot_races(result, path.with_suffix(".png"), f"{args.task} on {stamp['gpu'] or stamp['cpu']}")
     best_text = "-" if result["best_seconds"] is None else f"{result['best_seconds']:.2f} s"
-    print(f"{args.task}: best {best_text} to {100 * target:.0f}% on {stamp['gpu'] or stamp['cpu']}; wrote {path}")
+    print(f"{args.task}: best {best_text} to {100 * target:.0f}% on {stamp['gpu'] or stamp['cpu']}; "
+          f"wrote {path} and {picture.name}")
     return result
 
 

@@ -22,6 +22,11 @@ def test_quick_race_reaches_its_target_and_writes_a_stamped_result(tmp_path):
     assert all(t["test_accuracy"] < 0.90 for t in run["trace"][:-1])   # it stopped at the first epoch there
     saved = json.loads((tmp_path / "bench_tta_mnist-mlp_cpu_quick.json").read_text())
     assert saved["environment"]["torch"] and saved["result"]["device"] == "cpu"
+    picture = tmp_path / "bench_tta_mnist-mlp_cpu_quick.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    picture.unlink()
+    bench_tta.main(["--plot", str(tmp_path / "bench_tta_mnist-mlp_cpu_quick.json")])   # redrawn from the file
+    assert picture.stat().st_size > 10_000
 
 
 def test_a_recipe_counts_only_if_every_seed_reached_and_reports_the_median():
