@@ -96,8 +96,9 @@ def flip_averaged_logits(model, batch: torch.Tensor) -> torch.Tensor:
     """Test-time augmentation: the mean of the logits for each image and for its left-right mirror.
 
     For images whose mirror is just as likely (CIFAR-10, not digits), two
-    forward passes give a better estimate than one, typically a few tenths
-    of a point of accuracy.  ``batch`` is normalised ``N, C, H, W``.
+    forward passes give a better estimate than one: 0.4-1.1 points of test
+    accuracy for this project's CIFAR-10 CNNs (phase2_depth/README.md).
+    ``batch`` is normalised ``N, C, H, W``.
     """
     return (model(batch).float() + model(batch.flip(3)).float()) / 2
 

@@ -16,8 +16,10 @@ What to take from it:
    over-confident.
 5. **Look at the mistakes**: ``misclassified.png``.
 6. **Test-time augmentation**: average each image's logits with its
-   mirror's.  Twice the compute for a few tenths of a point: printed beside
-   the plain figures (which stay the milestone's result).
+   mirror's.  Twice the compute for about a point here (it only makes
+   sense where a mirrored image is as likely as the original: photos, not
+   digits or text): printed beside the plain figures, which stay the
+   milestone's result.
 
 Run: ``make p2-eval`` (after ``make p2-cnn``).  Writes ``runs/p2-eval/``:
 ``metrics.json``, ``confusion_matrix.png``, ``reliability.png``, ``misclassified.png``,
