@@ -12,11 +12,15 @@ What the clock counts, as in DAWNBench and airbench:
 
 * training only: the per-epoch test evaluation that decides whether the
   target is reached is paused out (as in bench-p1);
-* ``torch.compile``'s compilation, when a recipe uses it;
-* NOT the one-time start-up of a process's first CUDA work (context, cuBLAS
-  and cuDNN handles, kernels loaded on first use).  An untimed warm-up epoch
-  pays it before the races and its seconds are reported beside them
-  (``warmup_seconds``), so a reader can add them back for a cold process.
+* ``torch.compile``'s compilation, when a recipe uses it (the in-process
+  compile cache is cleared before every run, so each seed pays it;
+  Inductor's on-disk cache can still make a second process compile faster);
+* NOT a process's one-time CUDA start-up.  Creating the CUDA context happens
+  while the data is copied to the GPU, before any clock; the first-use costs
+  of training (cuBLAS and cuDNN handles, kernels loaded on first use, cuDNN's
+  autotuning for each batch size) are paid by untimed warm-up epochs, one per
+  batch size the recipes use.  Their seconds are reported as
+  ``warmup_seconds``: each is one ordinary epoch plus those first-use costs.
 
 The first epoch at or above the target ends a run; a run that never gets
 there is reported as not reaching it, never averaged in.  A recipe's figure is
@@ -88,14 +92,18 @@ def race(trainer: Trainer, train_loader, test_loader, target: float, *, flip_tta
         if point["test_accuracy"] >= target:
             raise ReachedTarget
 
+    diverged = None
     try:
         trainer.fit(train_loader, on_epoch_end=after_epoch)
         reached = False
     except ReachedTarget:
         reached = True
+    except FloatingPointError as exc:   # the loss blew up: this recipe lost the race, the others still run
+        reached, diverged = False, str(exc)
     seconds = sum(t["train_seconds"] for t in trace)
     return {"reached": reached, "seconds": seconds, "epochs": len(trace),
-            "best_accuracy": max(t["test_accuracy"] for t in trace), "trace": trace}
+            "best_accuracy": max((t["test_accuracy"] for t in trace), default=0.0), "trace": trace,
+            "diverged": diverged}
 
 
 def mnist_mlp(device, data_dir, recipe: dict, seed: int, target: float, quick: bool = False) -> dict:
@@ -132,6 +140,8 @@ def cifar_cnn(device, data_dir, recipe: dict, seed: int, target: float, quick: b
                                 augment=AUGMENT_CUTOUT if full["cutout"] else AUGMENT, **on_device)
     test_loader = TensorLoader(test, 1000, shuffle=False, **on_device)
     torch.manual_seed(seed)
+    if full["compile"]:
+        torch._dynamo.reset()   # forget earlier runs' compiled graphs: this run's clock pays for its own
     config = TrainConfig(epochs=full["epochs"], optimizer="sgd", lr=full["lr"], momentum=0.9, nesterov=True,
                          weight_decay=full["weight_decay"], schedule="onecycle",
                          label_smoothing=full["label_smoothing"], channels_last=True, seed=seed,
@@ -141,7 +151,7 @@ def cifar_cnn(device, data_dir, recipe: dict, seed: int, target: float, quick: b
                 flip_tta=full.get("flip_tta", False))
 
 
-def summarise(task: str, target: float, device, runs: list[dict], warmup_seconds: float | None) -> dict:
+def summarise(task: str, target: float, device, runs: list[dict], warmup_seconds: dict | float | None) -> dict:
     """Per recipe: reached on how many seeds, median seconds (only if every seed reached)."""
     recipes = []
     for recipe in {repr(r["recipe"]): r["recipe"] for r in runs}.values():
@@ -150,13 +160,16 @@ def summarise(task: str, target: float, device, runs: list[dict], warmup_seconds
         recipes.append({"recipe": recipe, "seeds": [r["seed"] for r in mine],
                         "reached": sum(r["reached"] for r in mine),
                         "median_seconds": statistics.median(r["seconds"] for r in mine) if all_reached else None,
+                        # a statistic of its own: not necessarily the epochs of the median-seconds run
                         "median_epochs": statistics.median(r["epochs"] for r in mine) if all_reached else None,
                         "best_accuracy": max(r["best_accuracy"] for r in mine)})
     finished = [r for r in recipes if r["median_seconds"] is not None]
     best = min(finished, key=lambda r: r["median_seconds"]) if finished else None
     return {"task": task, "target_accuracy": target, "device": str(device), "warmup_seconds": warmup_seconds,
-            "clock": "training seconds only; per-epoch test evaluation paused out; compilation counted; "
-                     "one-time CUDA start-up paid by an untimed warm-up epoch (warmup_seconds)",
+            "clock": "training seconds only; per-epoch test evaluation paused out; compilation counted "
+                     "(in-process cache cleared per run); CUDA context created before any clock; first-use "
+                     "costs paid by untimed warm-up epochs, one per batch size (warmup_seconds: one epoch "
+                     "plus those costs)",
             "recipes": recipes, "runs": runs,
             "best_seconds": best["median_seconds"] if best else None,
             "best_recipe": best["recipe"] if best else None}
@@ -208,12 +221,14 @@ def main(argv=None) -> dict:
         import json
 
         saved = json.loads(Path(args.plot).read_text())
-        stamp = saved["environment"]
-        picture = plot_races(saved["result"], Path(args.plot).with_suffix(".png"),
-                             f"{saved['result']['task']} on {stamp['gpu'] or stamp['cpu']}")
+        stamp, result = saved["environment"], saved["result"]
+        hardware = stamp["gpu"] if str(result["device"]).startswith("cuda") else stamp["cpu"]
+        picture = plot_races(result, Path(args.plot).with_suffix(".png"), f"{result['task']} on {hardware}")
         print(f"wrote {picture}")
         return saved["result"]
     device = resolve_device(args.device)
+    if args.recipes is not None and args.recipes < 1:
+        parser.error("--recipes must be at least 1")
     recipes = (MNIST_RECIPES if args.task == "mnist-mlp" else CIFAR_RECIPES)[: args.recipes]
     run = mnist_mlp if args.task == "mnist-mlp" else cifar_cnn
     target = TARGETS[args.task]
@@ -224,17 +239,20 @@ def main(argv=None) -> dict:
         target = 0.90 if args.task == "mnist-mlp" else 0.30
     name = f"bench_tta_{args.task}_{device.type}" + ("_quick" if args.quick else "")
     stamp = environment_stamp()
-    print(f"[{args.task}] target {100 * target:.0f}% test accuracy on {stamp['gpu'] or stamp['cpu']}; "
+    hardware = stamp["gpu"] if device.type == "cuda" else stamp["cpu"]
+    print(f"[{args.task}] target {100 * target:.0f}% test accuracy on {hardware}; "
           f"{len(recipes)} recipes x seeds {args.seeds}", flush=True)
 
     warmup_seconds = None
     if args.warmup if args.warmup is not None else device.type == "cuda":
-        # One epoch of the first recipe, eager, unreachable target: it pays the CUDA start-up off the clock.
-        warm = run(device, args.data_dir, {**recipes[0], "epochs": 1, "compile": False}, args.seeds[0], 2.0,
-                   args.quick)
-        warmup_seconds = warm["seconds"]
-        print(f"[{args.task}] untimed warm-up epoch: {warmup_seconds:.2f} s (the process's one-time start-up "
-              "is in it)", flush=True)
+        # One eager epoch per batch size, unreachable target: first-use costs paid off the clock.
+        warmup_seconds = {}
+        for recipe in {r["batch_size"]: r for r in recipes}.values():
+            warm = run(device, args.data_dir, {**recipe, "epochs": 1, "compile": False}, args.seeds[0], 2.0,
+                       args.quick)
+            warmup_seconds[recipe["batch_size"]] = warm["seconds"]
+            print(f"[{args.task}] untimed warm-up epoch at batch {recipe['batch_size']}: {warm['seconds']:.2f} s "
+                  "(one epoch plus first-use costs)", flush=True)
 
     runs: list[dict] = []
     for recipe in recipes:
@@ -244,7 +262,8 @@ def main(argv=None) -> dict:
             status = (f"{result['seconds']:.2f} s to {100 * target:.0f}% (epoch {result['epochs']})"
                       if result["reached"] else
                       f"NOT reached in {result['epochs']} epochs ({result['seconds']:.2f} s, "
-                      f"best {100 * result['best_accuracy']:.2f}%)")
+                      f"best {100 * result['best_accuracy']:.2f}%)"
+                      + (f"; diverged: {result['diverged']}" if result["diverged"] else ""))
             print(f"[{args.task}] seed {seed} {recipe}: {status}", flush=True)
             path = save_result(name, summarise(args.task, target, device, runs, warmup_seconds),
                                directory=args.results_dir)   # after every run: nothing lost
@@ -252,13 +271,13 @@ def main(argv=None) -> dict:
     print(f"\n{args.task}, median over seeds {args.seeds} (training seconds; warm-up excluded):")
     for r in result["recipes"]:
         epochs = r["median_epochs"]
-        figure = (f"{r['median_seconds']:6.2f} s  ({epochs:g} epoch{'' if epochs == 1 else 's'})"
+        figure = (f"{r['median_seconds']:6.2f} s  (median epochs {epochs:g})"
                   if r["median_seconds"] is not None
                   else f"   -    reached on {r['reached']}/{len(r['seeds'])} seeds, best {100 * r['best_accuracy']:.2f}%")
         print(f"  {figure}  {r['recipe']}")
-    picture = plot_races(result, path.with_suffix(".png"), f"{args.task} on {stamp['gpu'] or stamp['cpu']}")
+    picture = plot_races(result, path.with_suffix(".png"), f"{args.task} on {hardware}")
     best_text = "-" if result["best_seconds"] is None else f"{result['best_seconds']:.2f} s"
-    print(f"{args.task}: best {best_text} to {100 * target:.0f}% on {stamp['gpu'] or stamp['cpu']}; "
+    print(f"{args.task}: best {best_text} to {100 * target:.0f}% on {hardware}; "
           f"wrote {path} and {picture.name}")
     return result
 

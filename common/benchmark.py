@@ -248,9 +248,15 @@ def _version(module: str) -> str | None:
 
 
 def _git_dirty(directory: Path | None = None) -> bool | None:
-    """True when tracked files differ from the commit: the figure then comes from code not yet committed."""
+    """True when tracked files differ from the commit: the figure then comes from code not yet committed.
+
+    The results folder does not count (a benchmark rewrites its own result
+    file as it goes), and ``--no-optional-locks`` keeps this read from
+    taking git's index lock from under a learner's own git command.
+    """
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        out = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no",
+                              "--", ":(top)", ":(top,exclude)benchmarks/results"], capture_output=True,
                              text=True, timeout=5, cwd=directory or Path(__file__).resolve().parent)
         return bool(out.stdout.strip()) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):

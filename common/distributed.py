@@ -53,6 +53,12 @@ def from_env() -> DistInfo:
                     local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def from_group() -> DistInfo:
+    """Who this process is, asked of the process group itself (however it was started)."""
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def init(device: torch.device) -> DistInfo:
     """Join the process group when started by torchrun; on CUDA, pin this rank to its own GPU."""
     info = from_env()
@@ -76,6 +82,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(model: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BatchNorm's running mean and variance).
+
+    DDP copies rank 0's buffers to the others at the start of each training
+    forward pass, but that pass then updates them from each rank's own
+    shard: after an epoch's last step the ranks' running statistics differ
+    slightly.  Evaluated as they are, the ranks would disagree about the
+    validation accuracy - and a decision taken on it (early stopping, a
+    pruned trial) would be taken by some ranks only, leaving the others
+    waiting forever at the next collective call.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=src)
 
 
 def barrier() -> None:

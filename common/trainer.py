@@ -25,8 +25,9 @@ Everything else here is what a real project needs around those five lines:
   curves PNG in the run folder;
 * **several processes** - started by ``torchrun``, the model is wrapped in
   ``DistributedDataParallel`` (gradients averaged across ranks), per-rank
-  sums are all-reduced before they are reported, and only rank 0 prints and
-  writes files (:mod:`common.distributed`);
+  sums are all-reduced before they are reported, BatchNorm statistics are
+  made identical after each epoch (so every rank evaluates the same model),
+  and only rank 0 prints and writes files (:mod:`common.distributed`);
 * **compilation** - ``compile=True`` runs the model through ``torch.compile``
   (worth it on a GPU for long runs; its first steps pay for compiling).
 """
@@ -127,7 +128,7 @@ class Trainer:
         seed_everything(self.config.seed, self.config.deterministic)
         # Distributed only when torchrun started us and the process group is up (common.distributed.init).
         up = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.dist = distributed.from_env() if up else distributed.DistInfo()
+        self.dist = distributed.from_group() if up else distributed.DistInfo()
         self.raw_model = model.to(self.device)   # what checkpoints hold: never the DDP wrapper
         if self.config.channels_last:
             self.raw_model = self.raw_model.to(memory_format=torch.channels_last)
@@ -143,6 +144,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None and main else None
         self.announce = announce if main else (lambda *_: None)
         self.progress = progress and main
+        self.fused = self.device.type == "cuda"   # fused optimiser kernels (see _make_optimizer)
         self.amp_dtype = autocast_dtype(self.device, self.config.precision)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
         self.optimizer = self._make_optimizer()
@@ -165,7 +167,7 @@ class Trainer:
         # On a GPU, the fused implementations update every parameter in one kernel
         # launch instead of several per tensor: same arithmetic, less launch overhead
         # (it dominates small models' steps).
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        fused = {"fused": True} if self.fused else {}
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
         if cfg.optimizer == "adam":
@@ -278,6 +280,7 @@ class Trainer:
                                   torch.tensor(float(seen), device=self.device)])
             loss_sum, correct, seen = distributed.all_reduce_sum(totals).unbind()
             seen = int(seen.item())
+            distributed.broadcast_buffers(self.raw_model)   # every rank evaluates the same model
         train_loss = loss_sum.item() / max(1, seen)  # .item() waits for the GPU: read once
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
@@ -303,7 +306,9 @@ class Trainer:
         :func:`common.augment.flip_averaged_logits`.
 
         Under DDP every rank evaluates the whole (unsharded) loader with the
-        plain model: the weights are identical on every rank, so no rank waits.
+        plain model: the weights are identical on every rank, and so are the
+        BatchNorm statistics after each epoch's synchronisation, so every rank
+        gets the same figures and no rank waits.
         """
         model = self.raw_model
         model.eval()
@@ -391,6 +396,8 @@ class Trainer:
         except RuntimeError as exc:
             raise RuntimeError(f"{path}: the checkpoint does not match this model: {exc}") from exc
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:   # the saved flag belongs to the device that saved it
+            group["fused"] = True if self.fused else None
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -35,17 +35,25 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--batchnorm", action="store_true",
+                        help="a BatchNorm layer; every rank writes its buffers and its validation figures")
     args = parser.parse_args()
     device = torch.device("cpu")
     info = distributed.init(device)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    norm = [nn.BatchNorm1d(32)] if args.batchnorm else []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), *norm, nn.ReLU(), nn.Linear(32, 4))
     loader = TensorLoader(synthetic_split(), args.global_batch // info.world_size, mean=(0.5,), std=(0.25,),
                           seed=0, drop_last=True, rank=info.rank, world_size=info.world_size)
     trainer = Trainer(model, TrainConfig(epochs=args.epochs, optimizer="sgd", lr=0.1, momentum=0.9,
                                          nesterov=False, precision="fp32", seed=0), device=device, progress=False)
-    history = trainer.fit(loader)
+    val = TensorLoader(synthetic_split(128), 64, mean=(0.5,), std=(0.25,), shuffle=False) if args.batchnorm else None
+    history = trainer.fit(loader, val)
+    if args.batchnorm:   # every rank: what it would evaluate with, and what it measured
+        torch.save(dict(trainer.raw_model.named_buffers()), Path(args.out) / f"buffers_rank{info.rank}.pt")
+        (Path(args.out) / f"val_rank{info.rank}.json").write_text(
+            json.dumps([h["val_loss"] for h in history]))
     if info.is_main:
         torch.save(trainer.raw_model.state_dict(), Path(args.out) / "weights.pt")
         (Path(args.out) / "history.json").write_text(json.dumps({"history": history, "world_size": info.world_size,

@@ -45,3 +45,18 @@ def test_a_recipe_counts_only_if_every_seed_reached_and_reports_the_median():
     assert kept["median_seconds"] == 0.7 and kept["median_epochs"] == 6
     assert summary["best_recipe"] == steady and summary["best_seconds"] == 0.7
     assert summary["warmup_seconds"] == 0.8 and "warm-up" in summary["clock"]
+
+
+def test_a_diverging_recipe_loses_the_race_without_stopping_the_others():
+    class DivergesInEpochOne:
+        def fit(self, loader, on_epoch_end):
+            raise FloatingPointError("epoch 1: training loss is nan")
+
+    result = bench_tta.race(DivergesInEpochOne(), [], [], 0.98)
+    assert result["reached"] is False and "nan" in result["diverged"]
+    assert result["epochs"] == 0 and result["best_accuracy"] == 0.0
+
+
+def test_recipes_must_be_at_least_one():
+    with pytest.raises(SystemExit):
+        bench_tta.main(["--quick", "--device", "cpu", "--recipes", "0"])

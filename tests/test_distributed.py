@@ -20,12 +20,12 @@ WORKER = ROOT / "tests" / "ddp_worker.py"
 TOLERANCE = 1e-5
 
 
-def run(out: Path, nproc: int) -> dict:
+def run(out: Path, nproc: int, *flags: str) -> dict:
     out.mkdir()
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
-    done = subprocess.run([*launcher, str(WORKER), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([*launcher, str(WORKER), "--out", str(out), *flags], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return {"weights": torch.load(out / "weights.pt", weights_only=True),
             **json.loads((out / "history.json").read_text())}
@@ -51,3 +51,23 @@ def test_shards_cover_each_global_batch_exactly_once():
         assert torch.equal(torch.cat([y0, y1]), y) and torch.equal(torch.cat([x0, x1]), x)
     with pytest.raises(ValueError, match="drop_last=True"):
         TensorLoader(split, 16, rank=0, world_size=2)
+
+
+def test_every_rank_evaluates_the_same_model():
+    """BatchNorm's running statistics are synchronised after each epoch, so ranks agree on validation.
+
+    Without it each rank keeps the statistics of its own shard's last step, the
+    ranks report different validation losses, and a decision taken on them
+    (early stopping) would be taken by some ranks only.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bn"
+        run(out, 2, "--batchnorm")
+        buffers = [torch.load(out / f"buffers_rank{r}.pt", weights_only=True) for r in range(2)]
+        assert buffers[0].keys() == buffers[1].keys() and any("running_mean" in k for k in buffers[0])
+        for name in buffers[0]:
+            assert torch.equal(buffers[0][name], buffers[1][name]), name
+        losses = [json.loads((out / f"val_rank{r}.json").read_text()) for r in range(2)]
+        assert losses[0] == losses[1] and len(losses[0]) == 3

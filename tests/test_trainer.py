@@ -196,3 +196,20 @@ def test_fused_optimiser_only_where_it_exists():
     """On a GPU the optimiser updates all parameters in one fused kernel; on a CPU it keeps the default."""
     trainer = Trainer(tiny_cnn(0), TrainConfig(optimizer="sgd"), device="cpu", announce=quiet, progress=False)
     assert not trainer.optimizer.defaults.get("fused")
+
+
+def test_a_checkpoint_from_another_device_does_not_choose_the_optimiser_kernel(tmp_path):
+    """A checkpoint saved on a GPU (fused optimiser) resumes on a CPU with the CPU's own choice."""
+    trainer = Trainer(tiny_cnn(0), TrainConfig(epochs=1, optimizer="sgd"), device="cpu", announce=quiet,
+                      progress=False)
+    trainer.fit(loader(make_split(64)))
+    path = trainer.save_checkpoint(tmp_path / "gpu.pt")
+    state = torch.load(path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True   # as a CUDA run saves it
+    torch.save(state, path)
+    resumed = Trainer(tiny_cnn(0), TrainConfig(epochs=2, optimizer="sgd"), device="cpu", announce=quiet,
+                      progress=False)
+    resumed.fit(loader(make_split(64)), resume_from=path)
+    assert all(not group.get("fused") for group in resumed.optimizer.param_groups)
+    assert resumed.epochs_done == 2
