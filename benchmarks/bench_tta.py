@@ -42,6 +42,7 @@ against training seconds for every run (``--plot JSON`` redraws it from a result
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -106,15 +107,34 @@ def race(trainer: Trainer, train_loader, test_loader, target: float, *, flip_tta
             "diverged": diverged}
 
 
-def mnist_mlp(device, data_dir, recipe: dict, seed: int, target: float, quick: bool = False) -> dict:
+@functools.lru_cache(maxsize=None)
+def load(name: str, data_dir, quick: bool):
+    """The dataset, read once per process: every recipe, seed and warm-up after the first reuses it."""
     from common.data import load_dataset
+
+    return load_dataset(name, data_dir=data_dir, quick=quick, announce=lambda *_: None)
+
+
+@functools.lru_cache(maxsize=None)
+def cifar_training_set(data_dir, quick: bool, subset_seed: int):
+    """Training and test splits with the training split's channel statistics, computed once per subset."""
+    from phase2_depth.data import channel_stats
+
+    data = load("cifar10", data_dir, quick)
+    train, test = data.train, data.test
+    if quick:
+        train, test = train.subset(5000, subset_seed), test.subset(1000, subset_seed)
+    mean, std = channel_stats(train.images)   # all 50,000 training images: they are the training set here
+    return train, test, mean, std, len(data.classes)
+
+
+def mnist_mlp(device, data_dir, recipe: dict, seed: int, target: float, quick: bool = False) -> dict:
     from phase1_foundation.models import SimpleNet
     from phase1_foundation.p1_train import MNIST_MEAN, MNIST_STD
 
-    data = load_dataset("mnist", data_dir=data_dir, quick=quick, announce=lambda *_: None)
-    if quick:
-        data.train = data.train.subset(6000)
-    train = TensorLoader(data.train, recipe["batch_size"], device=device, mean=MNIST_MEAN, std=MNIST_STD,
+    data = load("mnist", data_dir, quick)
+    train_split = data.train.subset(6000) if quick else data.train
+    train = TensorLoader(train_split, recipe["batch_size"], device=device, mean=MNIST_MEAN, std=MNIST_STD,
                          augment=BatchAugment(crop_pad=recipe["crop_pad"]), seed=seed, drop_last=True)
     test = TensorLoader(data.test, 10_000, device=device, mean=MNIST_MEAN, std=MNIST_STD, shuffle=False)
     torch.manual_seed(seed)
@@ -125,15 +145,10 @@ def mnist_mlp(device, data_dir, recipe: dict, seed: int, target: float, quick: b
 
 
 def cifar_cnn(device, data_dir, recipe: dict, seed: int, target: float, quick: bool = False) -> dict:
-    from common.data import load_dataset
-    from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, channel_stats
+    from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT
     from phase2_depth.p2_cnn import RECIPES, build_model
 
-    data = load_dataset("cifar10", data_dir=data_dir, quick=quick, announce=lambda *_: None)
-    train, test = data.train, data.test
-    if quick:
-        train, test = train.subset(5000, seed), test.subset(1000, seed)
-    mean, std = channel_stats(train.images)   # all 50,000 training images: they are the training set here
+    train, test, mean, std, num_classes = cifar_training_set(data_dir, quick, seed if quick else 0)
     full = {**RECIPES["gpu"], **recipe}
     on_device = dict(device=device, mean=mean, std=std, channels_last=True)
     train_loader = TensorLoader(train, full["batch_size"], shuffle=True, drop_last=True, seed=seed,
@@ -146,7 +161,7 @@ def cifar_cnn(device, data_dir, recipe: dict, seed: int, target: float, quick: b
                          weight_decay=full["weight_decay"], schedule="onecycle",
                          label_smoothing=full["label_smoothing"], channels_last=True, seed=seed,
                          compile=full["compile"], log_every=10**9)
-    return race(Trainer(build_model(full, num_classes=len(data.classes)), config, device=device, progress=False,
+    return race(Trainer(build_model(full, num_classes=num_classes), config, device=device, progress=False,
                         announce=lambda *_: None), train_loader, test_loader, target,
                 flip_tta=full.get("flip_tta", False))
 
@@ -173,6 +188,11 @@ def summarise(task: str, target: float, device, runs: list[dict], warmup_seconds
             "recipes": recipes, "runs": runs,
             "best_seconds": best["median_seconds"] if best else None,
             "best_recipe": best["recipe"] if best else None}
+
+
+def hardware(stamp: dict, device) -> str:
+    """What did the work: the GPU's name for a CUDA run, else the CPU's."""
+    return stamp["gpu"] if str(device).startswith("cuda") else stamp["cpu"]
 
 
 def plot_races(result: dict, path: Path, title: str) -> Path:
@@ -221,9 +241,9 @@ def main(argv=None) -> dict:
         import json
 
         saved = json.loads(Path(args.plot).read_text())
-        stamp, result = saved["environment"], saved["result"]
-        hardware = stamp["gpu"] if str(result["device"]).startswith("cuda") else stamp["cpu"]
-        picture = plot_races(result, Path(args.plot).with_suffix(".png"), f"{result['task']} on {hardware}")
+        result = saved["result"]
+        picture = plot_races(result, Path(args.plot).with_suffix(".png"),
+                             f"{result['task']} on {hardware(saved['environment'], result['device'])}")
         print(f"wrote {picture}")
         return saved["result"]
     device = resolve_device(args.device)
@@ -238,9 +258,8 @@ def main(argv=None) -> dict:
         recipes = [{**recipes[0], "compile": False, **small}]
         target = 0.90 if args.task == "mnist-mlp" else 0.30
     name = f"bench_tta_{args.task}_{device.type}" + ("_quick" if args.quick else "")
-    stamp = environment_stamp()
-    hardware = stamp["gpu"] if device.type == "cuda" else stamp["cpu"]
-    print(f"[{args.task}] target {100 * target:.0f}% test accuracy on {hardware}; "
+    machine = hardware(environment_stamp(), device)
+    print(f"[{args.task}] target {100 * target:.0f}% test accuracy on {machine}; "
           f"{len(recipes)} recipes x seeds {args.seeds}", flush=True)
 
     warmup_seconds = None
@@ -275,9 +294,9 @@ def main(argv=None) -> dict:
                   if r["median_seconds"] is not None
                   else f"   -    reached on {r['reached']}/{len(r['seeds'])} seeds, best {100 * r['best_accuracy']:.2f}%")
         print(f"  {figure}  {r['recipe']}")
-    picture = plot_races(result, path.with_suffix(".png"), f"{args.task} on {hardware}")
+    picture = plot_races(result, path.with_suffix(".png"), f"{args.task} on {machine}")
     best_text = "-" if result["best_seconds"] is None else f"{result['best_seconds']:.2f} s"
-    print(f"{args.task}: best {best_text} to {100 * target:.0f}% on {hardware}; "
+    print(f"{args.task}: best {best_text} to {100 * target:.0f}% on {machine}; "
           f"wrote {path} and {picture.name}")
     return result
 
