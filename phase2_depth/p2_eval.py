@@ -47,12 +47,17 @@ MILESTONE = "p2-eval"
 
 
 @torch.inference_mode()
-def predict_probs(model, split, mean, std, device, batch_size: int = 1000, *, flip: bool = False) -> np.ndarray:
-    """Class probabilities for every image of ``split`` (``flip``: averaged with the mirror, before softmax)."""
+def predict_probs(model, split, mean, std, device, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities for every image of ``split``: plain, and with flip test-time augmentation
+    (logits averaged with the mirror's before the softmax), from one pass over the data."""
     model.eval()
     loader = TensorLoader(split, batch_size, device=device, mean=mean, std=std, shuffle=False)
-    logits = (flip_averaged_logits(model, x) if flip else model(x).float() for x, _ in loader)
-    return torch.cat([torch.softmax(z, dim=1).cpu() for z in logits]).numpy()
+    plain, flipped = [], []
+    for x, _ in loader:
+        logits = model(x).float()
+        plain.append(torch.softmax(logits, dim=1).cpu())
+        flipped.append(torch.softmax(flip_averaged_logits(model, x, logits), dim=1).cpu())
+    return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = splits.test
     print(f"[eval] {model_path}: widths {blob['arch']['widths']}, evaluated on {len(test):,} test images "
           f"with the training normalisation {tuple(round(m, 4) for m in blob['mean'])}")
-    probs = predict_probs(model, test, blob["mean"], blob["std"], device)
+    probs, flipped = predict_probs(model, test, blob["mean"], blob["std"], device)
     labels = test.labels.numpy()
     classes = list(splits.classes)
 
@@ -88,7 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n-- Calibration: mean confidence {100 * calibration['mean_confidence']:.2f}% vs accuracy "
           f"{100 * calibration['accuracy']:.2f}%; expected calibration error {100 * calibration['ece']:.2f}% --")
 
-    flipped = predict_probs(model, test, blob["mean"], blob["std"], device, flip=True)
     flip_tta = {"accuracy": float((flipped.argmax(axis=1) == labels).mean()),
                 "ece": evaluation.expected_calibration_error(labels, flipped)["ece"]}
     print(f"\n-- Test-time augmentation (each image averaged with its mirror): accuracy "

@@ -65,8 +65,7 @@ def test_flip_averaging_mirrors_left_right_only():
     args = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device="cpu")
     for split, same in ((Split(symmetric, torch.zeros(8, dtype=torch.long)), True),
                         (Split(images, torch.zeros(8, dtype=torch.long)), False)):
-        plain = p2_eval.predict_probs(model, split, **args)
-        flipped = p2_eval.predict_probs(model, split, **args, flip=True)
+        plain, flipped = p2_eval.predict_probs(model, split, **args)
         assert np.allclose(plain, flipped, atol=1e-6) == same
         assert np.allclose(flipped.sum(axis=1), 1.0, atol=1e-5)
 
