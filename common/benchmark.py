@@ -247,29 +247,33 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _git(*args: str, directory: Path | None = None) -> str | None:
+    """Output of a read-only git command in this checkout; None where git or the repository is missing.
+
+    ``--no-optional-locks`` keeps these reads from taking git's index lock
+    from under a learner's own git command.
+    """
+    try:
+        out = subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True, timeout=5,
+                             cwd=directory or Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def _git_dirty(directory: Path | None = None) -> bool | None:
     """True when tracked files differ from the commit: the figure then comes from code not yet committed.
 
-    The results folder does not count (a benchmark rewrites its own result
-    file as it goes), and ``--no-optional-locks`` keeps this read from
-    taking git's index lock from under a learner's own git command.
+    The results folder does not count: a benchmark rewrites its own result file as it goes.
     """
-    try:
-        out = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no",
-                              "--", ":(top)", ":(top,exclude)benchmarks/results"], capture_output=True,
-                             text=True, timeout=5, cwd=directory or Path(__file__).resolve().parent)
-        return bool(out.stdout.strip()) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+               ":(top,exclude)benchmarks/results", directory=directory)
+    return None if out is None else bool(out.strip())
 
 
 def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    out = _git("rev-parse", "--short", "HEAD")
+    return (out or "").strip() or None
 
 
 def environment_stamp() -> dict:
