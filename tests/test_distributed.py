@@ -53,21 +53,18 @@ def test_shards_cover_each_global_batch_exactly_once():
         TensorLoader(split, 16, rank=0, world_size=2)
 
 
-def test_every_rank_evaluates_the_same_model():
+def test_every_rank_evaluates_the_same_model(tmp_path):
     """BatchNorm's running statistics are synchronised after each epoch, so ranks agree on validation.
 
     Without it each rank keeps the statistics of its own shard's last step, the
     ranks report different validation losses, and a decision taken on them
     (early stopping) would be taken by some ranks only.
     """
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "bn"
-        run(out, 2, "--batchnorm")
-        buffers = [torch.load(out / f"buffers_rank{r}.pt", weights_only=True) for r in range(2)]
-        assert buffers[0].keys() == buffers[1].keys() and any("running_mean" in k for k in buffers[0])
-        for name in buffers[0]:
-            assert torch.equal(buffers[0][name], buffers[1][name]), name
-        losses = [json.loads((out / f"val_rank{r}.json").read_text()) for r in range(2)]
-        assert losses[0] == losses[1] and len(losses[0]) == 3
+    out = tmp_path / "bn"
+    run(out, 2, "--batchnorm")
+    buffers = [torch.load(out / f"buffers_rank{r}.pt", weights_only=True) for r in range(2)]
+    assert buffers[0].keys() == buffers[1].keys() and any("running_mean" in k for k in buffers[0])
+    for name in buffers[0]:
+        assert torch.equal(buffers[0][name], buffers[1][name]), name
+    losses = [json.loads((out / f"val_rank{r}.json").read_text()) for r in range(2)]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
