@@ -6,6 +6,7 @@
 #   make p2-cnn DEVICE=cuda    on a GPU (auto = cuda, then mps, then cpu)
 #   make p1-train DATA_DIR=/datasets   where the datasets live (default ./data)
 #   make p2-cnn NPROC=2        data-parallel training: torchrun --standalone --nproc_per_node=2
+#   make exercise M=p1-numpy   turn a milestone's reference answers into stubs; make check M=p1-numpy grades them
 
 SHELL   := /bin/bash
 PYTHON  ?= python3
@@ -16,6 +17,9 @@ DEVICE  ?= auto
 QUICK   ?= 0
 ARGS    ?=
 PYTEST_ARGS ?=
+M       ?=
+FORCE   ?= 0
+FORCE_FLAG := $(if $(filter 1 yes true on,$(FORCE)),--force)
 
 export ML60_DEVICE := $(DEVICE)
 export QUICK
@@ -31,7 +35,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test progress phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
+.PHONY: help install quickstart test progress exercises exercise check solution diff phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -54,6 +58,14 @@ test: $(STAMP)
 
 progress: $(STAMP)
 	@$(PY) -m ml60 progress
+
+# Exercises: M= names a milestone (p1-numpy) or one exercise (p1-numpy.3).
+exercises: $(STAMP)
+	@$(PY) -m ml60 exercises $(or $(M),all)
+
+exercise check solution diff: $(STAMP)
+	@test -n "$(M)" || { echo "name the milestone: make $@ M=p1-numpy (make exercises lists them)"; exit 2; }
+	@$(PY) -m ml60 $@ $(M) $(FORCE_FLAG)
 
 $(MILESTONES): $(STAMP)
 	$(PY) -m ml60 run $@ $(QUICK_FLAG) $(ARGS)

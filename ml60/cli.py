@@ -6,7 +6,12 @@ Commands:
     run ID [ARGS...]     run one milestone (ARGS go to its script, e.g. --quick)
     phase N [ARGS...]    run every built milestone of phase N in order
     quickstart           every built milestone in quick mode, then a summary table
-    progress             per milestone: built? run? key figure? check passing?
+    progress             per milestone: built? run? key figure? check passing? exercises solved?
+    exercises [SEL]      list the exercises (SEL: a milestone id, one exercise id, or all)
+    exercise SEL [--force]   turn the reference answers into stubs for the learner to write
+    check SEL            grade the code in the tree, one line per exercise
+    solution SEL [--force]   bring the reference answers back (the learner's version is backed up)
+    diff SEL             the learner's blocks against the reference
 
 ``help`` and ``ids`` use only the standard library, so they work before install.
 """
@@ -26,7 +31,15 @@ from ml60.milestones import MILESTONES, PHASE_TITLES, Milestone, by_id, in_phase
 
 def cmd_help() -> int:
     print("ML60: sixty days of machine learning, one milestone at a time.\n")
-    print("Set-up and checks:")
+    print("Start on day 1:  make exercise M=p1-numpy   (edit the stubs)   make check M=p1-numpy\n")
+    print("Exercises (M= a milestone id, or one exercise such as M=p1-numpy.3):")
+    for target, text in (("make exercise M=..", "turn the reference answers into stubs for you to write"),
+                         ("make check M=..", "grade your code: solved, not started, or wrong and why"),
+                         ("make solution M=..", "bring the reference back (your version is backed up first)"),
+                         ("make diff M=..", "your blocks against the reference"),
+                         ("make exercises", "every exercise, where it is and its state")):
+        print(f"  {target:<18} {text}")
+    print("\nSet-up and checks:")
     for target, text in (("make quickstart", "install, then run every built milestone in quick mode"),
                          ("make test", "install, then run the pytest checks"),
                          ("make progress", "which milestones have a run, and whether its check passes"),
@@ -191,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"help": lambda: cmd_help(), "ids": lambda: cmd_ids(), "run": lambda: cmd_run(rest),
                 "phase": lambda: cmd_phase(rest), "quickstart": lambda: cmd_quickstart(),
                 "progress": lambda: cmd_progress()}
+    from ml60 import exercise_commands
+
+    commands.update({name: (lambda f=f: exercise_commands.dispatch(f, rest))
+                     for name, f in exercise_commands.COMMANDS.items()})
     if command not in commands:
         print(f"unknown command {command!r}; commands: {', '.join(commands)}", file=sys.stderr)
         return 2

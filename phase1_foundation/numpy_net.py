@@ -33,10 +33,13 @@ def init_params(n_in: int = 784, n_hidden: int = 128, n_out: int = 10, *, rng: n
 
 def forward(params: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, dict]:
     """Logits for a batch ``x`` of shape (N, 784), plus what backward needs."""
+    # EXERCISE p1-numpy.2: the forward pass
+    # hint: three lines: an affine map, ReLU (np.maximum), another affine map; keep x, z1 and h for backward
     z1 = x @ params["W1"] + params["b1"]
     h = np.maximum(z1, 0)
     logits = h @ params["W2"] + params["b2"]
     return logits, {"x": x, "z1": z1, "h": h}
+    # END EXERCISE
 
 
 def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -46,6 +49,9 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.
     (softmax is shift-invariant) but keeps ``exp`` from overflowing.
     d(loss)/d(logits) = (softmax(logits) - onehot(y)) / N.
     """
+    # EXERCISE p1-numpy.3: softmax cross-entropy and its gradient
+    # hint: subtract each row's maximum before exp; loss = mean(logsumexp - logit of the true class);
+    # hint: the gradient is (softmax - onehot(y)) / N
     n = len(y)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_sum_exp = np.log(np.exp(shifted).sum(axis=1))
@@ -54,10 +60,14 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.
     grad = probs
     grad[np.arange(n), y] -= 1.0
     return loss, grad / n
+    # END EXERCISE
 
 
 def backward(params: dict[str, np.ndarray], cache: dict, dlogits: np.ndarray) -> dict[str, np.ndarray]:
     """Gradients of the loss for every parameter, given d(loss)/d(logits)."""
+    # EXERCISE p1-numpy.4: the backward pass
+    # hint: walk the forward lines in reverse: dW2 = h^T dlogits, db2 = column sums, dh = dlogits W2^T,
+    # hint: ReLU lets the gradient through only where z1 > 0, then the same two rules give dW1 and db1
     x, z1, h = cache["x"], cache["z1"], cache["h"]
     grads = {
         "W2": h.T @ dlogits,            # logits = h @ W2 + b2  ->  dW2 = h^T dlogits
@@ -68,6 +78,23 @@ def backward(params: dict[str, np.ndarray], cache: dict, dlogits: np.ndarray) ->
     grads["W1"] = x.T @ dz1             # z1 = x @ W1 + b1  ->  dW1 = x^T dz1
     grads["b1"] = dz1.sum(axis=0)
     return grads
+    # END EXERCISE
+
+
+def momentum_step(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], velocity: dict[str, np.ndarray], *,
+                  lr: float, momentum: float) -> None:
+    """One step of SGD with momentum, in place: ``v = momentum * v - lr * g``, then ``w = w + v``.
+
+    The velocity is a running sum of past steps that decays by ``momentum``
+    each time: directions the gradient keeps pointing in build up speed, and
+    directions where it flips sign cancel out.
+    """
+    # EXERCISE p1-numpy.5: the momentum update
+    # hint: for every parameter name: update velocity[k] first, then add it to params[k]; both in place
+    for k in params:
+        velocity[k] = momentum * velocity[k] - lr * grads[k]
+        params[k] += velocity[k]
+    # END EXERCISE
 
 
 def loss_and_grads(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, dict]:

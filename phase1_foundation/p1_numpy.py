@@ -68,6 +68,8 @@ def broadcasting_lesson() -> dict:
 
 def matmul_triple_loop(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """C[i, j] = sum over k of A[i, k] * B[k, j], one multiply at a time."""
+    # EXERCISE p1-numpy.1: matrix multiplication by hand
+    # hint: three nested loops over i (rows of A), j (columns of B) and k (the shared dimension)
     n, m = a.shape
     _, p = b.shape
     c = np.zeros((n, p))
@@ -78,6 +80,7 @@ def matmul_triple_loop(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 total += a[i, k] * b[k, j]
             c[i, j] = total
     return c
+    # END EXERCISE
 
 
 def matmul_row_by_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -140,9 +143,7 @@ def train(train_x, train_y, test_x, test_y, *, epochs: int, batch_size: int, lr:
             loss, dlogits = numpy_net.softmax_cross_entropy(logits, yb)
             correct += int((logits.argmax(axis=1) == yb).sum())
             grads = numpy_net.backward(params, cache, dlogits)
-            for k in params:
-                velocity[k] = momentum * velocity[k] - lr * grads[k]
-                params[k] += velocity[k]
+            numpy_net.momentum_step(params, grads, velocity, lr=lr, momentum=momentum)
             losses.append(loss * len(yb))
         test_logits, _ = numpy_net.forward(params, test_x)
         test_loss, _ = numpy_net.softmax_cross_entropy(test_logits, test_y)

@@ -1,0 +1,225 @@
+"""Grading exercises: the checks, the wrong answers they must catch, and ``make check``'s report.
+
+A check file (``tests/exercises/test_<milestone>.py``) holds, for each exercise:
+
+* one or more **checks**: plain pytest tests marked with :func:`exercise`.
+  A check exercises the function's *behaviour* through its module
+  (``numpy_net.backward(...)``), never compares source text, and never asks
+  the tree's own code for the expected answer (that code may be the stub).
+  When it fails it says what is wrong and what the likely mistake is::
+
+      expect(err_w2 < 1e-6 and err_w1 > 1e-3,
+             f"W1's gradient is off by {err_w1:.2f} while W2's is right: is the ReLU mask applied?")
+
+* **wrong answers**, marked with :func:`wrong_answer`: small drop-in
+  replacements of the exercise's function that make the common mistake.
+  ``tests/test_exercises.py`` swaps each one in and demands that the checks
+  fail with the diagnosis written for it.  That is how a check is proven able
+  to fail.
+
+``python -m ml60 check p1-numpy`` (``make check M=p1-numpy``) runs one
+milestone's check file under pytest and prints one line per exercise:
+solved, not started, waiting on another exercise, or wrong with its diagnosis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from ml60.exercises import ROOT, Exercise, all_exercises, select
+
+CHECKS_DIR = Path("tests") / "exercises"
+EXERCISE_ID_RE = re.compile(r"\b(p\d-[a-z]+\.\d+)\b")
+
+
+def check_file(milestone: str) -> Path:
+    return CHECKS_DIR / f"test_{milestone.replace('-', '_')}.py"
+
+
+# --------------------------------------------------------------------------- writing checks
+
+
+def exercise(exercise_id: str):
+    """Mark a pytest test as a check of one exercise (and of its milestone: ``pytest -m p1-numpy``)."""
+    milestone = exercise_id.rsplit(".", 1)[0]
+
+    def mark(test):
+        test = pytest.mark.exercise(exercise_id)(test)
+        return getattr(pytest.mark, milestone)(test)
+
+    return mark
+
+
+def expect(condition, diagnosis: str) -> None:
+    """Fail the check with ``diagnosis`` (what is wrong, and the likely mistake) unless ``condition``."""
+    if not condition:
+        raise AssertionError(diagnosis)
+
+
+@dataclass(frozen=True)
+class WrongAnswer:
+    exercise_id: str
+    function: Callable
+    diagnosis: str          # a piece of the message the checks must fail with
+    why: str                # the mistake, in a few words (the function's docstring)
+
+
+WRONG_ANSWERS: list[WrongAnswer] = []
+
+
+def wrong_answer(exercise_id: str, *, diagnosis: str):
+    """Register a common mistake for ``exercise_id``; its checks must fail with ``diagnosis`` in the message.
+
+    The decorated function replaces the exercise's function (same signature;
+    ``self`` first for a method) while the proof runs.
+    """
+
+    def register(function):
+        why = (function.__doc__ or function.__name__).strip().splitlines()[0]
+        WRONG_ANSWERS.append(WrongAnswer(exercise_id, function, diagnosis, why))
+        return function
+
+    return register
+
+
+def resolve_target(ex: Exercise):
+    """The object and attribute name that hold the exercise's function: ``(module, "f")`` or ``(Class, "m")``."""
+    import importlib
+
+    owner = importlib.import_module(ex.module)
+    *classes, name = ex.function.split(".")
+    for cls in classes:
+        owner = getattr(owner, cls)
+    if not callable(getattr(owner, name, None)):
+        raise AttributeError(f"{ex.id}: {ex.module}.{ex.function} is not a function")
+    return owner, name
+
+
+# --------------------------------------------------------------------------- ``make check``
+
+
+@dataclass
+class Verdict:
+    exercise_id: str
+    status: str             # "solved" | "not started" | "waiting" | "wrong" | "error" | "no check"
+    detail: str = ""
+
+
+class ReportPlugin:
+    """A pytest plugin that turns each check's outcome into a verdict for its exercise."""
+
+    ORDER = ("no check", "solved", "waiting", "not started", "wrong", "error")  # worst last
+
+    def __init__(self):
+        self.verdicts: dict[str, Verdict] = {}
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        marker = item.get_closest_marker("exercise")
+        if marker is None or (report.when != "call" and not report.failed):
+            return
+        verdict = classify(marker.args[0], call.excinfo, item)
+        previous = self.verdicts.get(verdict.exercise_id)
+        if previous is None or self.ORDER.index(verdict.status) > self.ORDER.index(previous.status):
+            self.verdicts[verdict.exercise_id] = verdict
+
+
+def classify(exercise_id: str, excinfo, item=None) -> Verdict:
+    """What one check's outcome says about an exercise."""
+    if excinfo is None:
+        return Verdict(exercise_id, "solved")
+    error = excinfo.value
+    if isinstance(error, NotImplementedError):
+        named = EXERCISE_ID_RE.search(str(error))
+        if named and named.group(1) != exercise_id:
+            return Verdict(exercise_id, "waiting", f"uses {named.group(1)}, which is not written yet")
+        return Verdict(exercise_id, "not started")
+    if isinstance(error, AssertionError):
+        return Verdict(exercise_id, "wrong", str(error).strip().splitlines()[0] if str(error).strip() else
+                       "a check failed without a message")
+    return Verdict(exercise_id, "error", f"{type(error).__name__}: {str(error).strip()[:200]}{_where(excinfo)}")
+
+
+def _where(excinfo) -> str:
+    """The deepest traceback line inside the project's phase code: where the learner's code broke."""
+    frames = [f for f in traceback.extract_tb(excinfo.tb) if "phase" in Path(f.filename).parts[-2]]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    try:
+        where = Path(frame.filename).resolve().relative_to(ROOT)
+    except ValueError:
+        where = Path(frame.filename)
+    return f" (at {where}:{frame.lineno})"
+
+
+def run_checks(milestones: list[str], *, quiet: bool = True) -> dict[str, Verdict]:
+    """Run the check files of ``milestones`` in this process; a verdict for every exercise they check."""
+    plugin = ReportPlugin()
+    files = [str(ROOT / check_file(m)) for m in milestones if (ROOT / check_file(m)).is_file()]
+    if files:
+        args = [*files, "-p", "no:cacheprovider", "--no-header", "-o", "addopts=--strict-markers",
+                "-W", "ignore::pytest.PytestUnraisableExceptionWarning", "--rootdir", str(ROOT), "-q"]
+        if quiet:
+            with contextlib.redirect_stdout(io.StringIO()):
+                pytest.main([*args, "--tb=no", "--no-summary"], plugins=[plugin])
+        else:
+            pytest.main([*args, "--tb=short"], plugins=[plugin])
+    return plugin.verdicts
+
+
+STATUS_TEXT = {"solved": "solved", "not started": "not started", "waiting": "waiting",
+               "wrong": "WRONG", "error": "ERROR", "no check": "no check yet"}
+
+
+def report(selector: str) -> int:
+    """``make check M=...``: one line per exercise; exit 0 only when all of them are solved."""
+    chosen = select(selector)
+    milestones = list(dict.fromkeys(ex.milestone for ex in chosen))
+    verdicts = run_checks(milestones)
+    width = max(len(ex.title) for ex in chosen)
+    solved = 0
+    for ex in chosen:
+        verdict = verdicts.get(ex.id, Verdict(ex.id, "no check"))
+        solved += verdict.status == "solved"
+        detail = verdict.detail
+        if verdict.status == "not started":
+            detail = f"write it in {ex.location}; the hint is in the stub"
+        print(f"  {ex.id:<13} {ex.title:<{width}}  {STATUS_TEXT[verdict.status]:<11} {detail}".rstrip())
+    print(f"{solved}/{len(chosen)} solved." + ("" if solved == len(chosen) else
+          "  Reference answers: make solution M=<id>; yours against them: make diff M=<id>"))
+    return 0 if solved == len(chosen) else 1
+
+
+def solved_counts() -> dict[str, tuple[int, int]]:
+    """``{milestone: (solved, total)}`` over every exercise, from one pytest run in a subprocess."""
+    out = subprocess.run([sys.executable, "-m", "ml60", "check-json"], cwd=ROOT, capture_output=True, text=True)
+    try:
+        verdicts = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {}
+    counts: dict[str, list[int]] = {}
+    for ex in all_exercises():
+        tally = counts.setdefault(ex.milestone, [0, 0])
+        tally[0] += verdicts.get(ex.id) == "solved"
+        tally[1] += 1
+    return {m: (s, t) for m, (s, t) in counts.items()}
+
+
+def verdicts_json() -> str:
+    """Every exercise's status as one JSON line (what ``make progress`` reads)."""
+    milestones = list(dict.fromkeys(ex.milestone for ex in all_exercises()))
+    return json.dumps({k: v.status for k, v in run_checks(milestones).items()})
