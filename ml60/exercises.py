@@ -90,9 +90,15 @@ class Exercise:
         return stub_body(self)
 
     @property
+    def is_stub(self) -> bool:
+        """One ``raise NotImplementedError("<this id> ...")`` line: a stub, whatever its hint says today."""
+        lines = [line.strip() for line in self.body.splitlines() if line.strip()]
+        return len(lines) == 1 and re.match(rf"raise NotImplementedError\(['\"]{re.escape(self.id)} ", lines[0]) is not None
+
+    @property
     def state(self) -> str:
         """"stub", "reference" or "edited" (the learner's own lines, or anything else)."""
-        if self.body == self.stub():
+        if self.is_stub:
             return "stub"
         reference = reference_body(self, self.root)
         if reference is not None and _same_code(self.body, reference):
@@ -103,7 +109,7 @@ class Exercise:
 def stub_body(ex: Exercise) -> str:
     """What ``make exercise`` leaves between the header and END: one line that says what to do."""
     where = f" Read {ex.guide} first." if ex.guide else ""
-    hint = f" Hint: {ex.hint}" if ex.hint else ""
+    hint = f" Hint: {ex.hint.rstrip('.')}." if ex.hint else ""
     message = f"{ex.id} ({ex.title}) is yours to write.{hint}{where} Then: make check M={ex.milestone}"
     return f"{ex.indent}raise NotImplementedError({message!r})"
 
@@ -264,7 +270,7 @@ def reference_body(ex: Exercise, root: Path = ROOT) -> str | None:
 
 def _git_reference(ex: Exercise, root: Path) -> str | None:
     block = _git_head_blocks(ex.path.as_posix(), str(root)).get(ex.id)
-    if block is None or block.body == stub_body(block):
+    if block is None or block.is_stub:
         return None
     return block.body
 
@@ -288,7 +294,7 @@ def record_references(exercises: list[Exercise], root: Path = ROOT) -> None:
         if ex.id in references:
             continue
         body = _git_reference(ex, root)
-        if body is None and ex.body != ex.stub():
+        if body is None and not ex.is_stub:
             body = ex.body   # no git: the tree as shipped is the reference
         if body is not None:
             references[ex.id] = {"path": ex.path.as_posix(), "body": body}
@@ -399,6 +405,9 @@ def diff(selector: str, root: Path = ROOT) -> str:
             chunks.append(f"# {ex.id}: no reference recorded\n")
             continue
         if _same_code(ex.body, reference):
+            continue
+        if ex.is_stub:
+            chunks.append(f"# {ex.id} ({ex.title}): not started, still the stub in {ex.location}\n")
             continue
         label = f"{ex.path} {ex.id} ({ex.title})"
         chunks.append("".join(difflib.unified_diff(
