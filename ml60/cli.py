@@ -160,22 +160,28 @@ def _data_kind(metrics: dict | None) -> str:
 
 
 def cmd_progress() -> int:
+    from ml60.grading import solved_counts
+
+    print("Grading the exercises in the tree (make check M=<id> says which and why)...", flush=True)
+    solved = solved_counts()
     rows = []
     for m in MILESTONES:
+        done, total = solved.get(m.id, (0, 0))
+        exercises = f"{done}/{total}" if total else "-"
         if not m.built:
-            rows.append((m.id, m.days, "not built yet", "-", "-"))
+            rows.append((m.id, m.days, exercises, "not built yet", "-", "-"))
             continue
         metrics = read_metrics(m)
         if metrics is None:
-            rows.append((m.id, m.days, "no run yet", "-", f"make {m.id}"))
+            rows.append((m.id, m.days, exercises, "no run yet", "-", f"make {m.id}"))
             continue
         if "_unreadable" in metrics:
-            rows.append((m.id, m.days, "run folder damaged", "-", f"unreadable {metrics['_unreadable']}"))
+            rows.append((m.id, m.days, exercises, "run folder damaged", "-", f"unreadable {metrics['_unreadable']}"))
             continue
         kind = "quick run" if metrics.get("quick") else "full run"
         when = metrics.get("finished_utc", "?")
-        rows.append((m.id, m.days, f"{kind} {when}", key_figure_text(metrics), _check(m, metrics)))
-    print(_table(("milestone", "days", "run", "key figure", "check"), rows))
+        rows.append((m.id, m.days, exercises, f"{kind} {when}", key_figure_text(metrics), _check(m, metrics)))
+    print(_table(("milestone", "days", "exercises solved", "run", "key figure", "check"), rows))
     return 0
 
 
