@@ -349,7 +349,7 @@ class Outcome:
 def make_stubs(selector: str, *, force: bool = False, root: Path = ROOT) -> Outcome:
     """``make exercise``: reference bodies become stubs; the learner's own bodies stay unless ``force``."""
     chosen = select(selector, root)
-    record_references(chosen, root)
+    record_references(all_exercises(root), root)   # every block, while the tree is as shipped
     outcome, bodies, to_back_up = Outcome(), {}, set()
     for ex in chosen:
         state = ex.state
