@@ -35,7 +35,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test progress exercises exercise check solution diff phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
+.PHONY: help install quickstart test progress exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -62,6 +62,10 @@ progress: $(STAMP)
 # Exercises: M= names a milestone (p1-numpy) or one exercise (p1-numpy.3).
 exercises: $(STAMP)
 	@$(PY) -m ml60 exercises $(or $(M),all)
+
+# Every check proven able to fail: each exercise's stub and shipped wrong answers are mutants it must kill.
+mutate: $(STAMP)
+	@$(PY) -m ml60 mutate $(or $(M),all)
 
 exercise check solution diff: $(STAMP)
 	@test -n "$(M)" || { echo "name the milestone: make $@ M=p1-numpy (make exercises lists them)"; exit 2; }

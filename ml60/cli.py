@@ -37,7 +37,8 @@ def cmd_help() -> int:
                          ("make check M=..", "grade your code: solved, not started, or wrong and why"),
                          ("make solution M=..", "bring the reference back (your version is backed up first)"),
                          ("make diff M=..", "your blocks against the reference"),
-                         ("make exercises", "every exercise, where it is and its state")):
+                         ("make exercises", "every exercise, where it is and its state"),
+                         ("make mutate", "prove the checks: every stub and shipped wrong answer must fail them")):
         print(f"  {target:<18} {text}")
     print("\nSet-up and checks:")
     for target, text in (("make quickstart", "install, then run every built milestone in quick mode"),

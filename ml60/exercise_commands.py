@@ -6,6 +6,7 @@
     python -m ml60 solution SEL [--force]   back to the reference; your version is backed up first
     python -m ml60 diff SEL                 your blocks against the reference
     python -m ml60 check-json [MILESTONE..] every verdict as one JSON line (for tools and tests)
+    python -m ml60 mutate [SEL]             the checks against every stub and shipped wrong answer
 
 ``SEL`` is a milestone id (``p1-numpy``), one exercise (``p1-numpy.3``) or ``all``.
 """
@@ -81,8 +82,16 @@ def cmd_check_json(args: list[str]) -> int:
     return 0
 
 
+def cmd_mutate(args: list[str]) -> int:
+    from ml60.grading import mutation_report
+
+    selector = args[0] if args else "all"
+    print(f"Mutants of {selector}: each exercise's stub and its shipped wrong answers must fail its checks.")
+    return mutation_report(selector)
+
+
 COMMANDS = {"exercises": cmd_list, "exercise": cmd_exercise, "check": cmd_check, "solution": cmd_solution,
-            "diff": cmd_diff, "check-json": cmd_check_json}
+            "diff": cmd_diff, "check-json": cmd_check_json, "mutate": cmd_mutate}
 
 
 def dispatch(command, args: list[str]) -> int:

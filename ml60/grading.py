@@ -223,3 +223,118 @@ def verdicts_json() -> str:
     """Every exercise's status as one JSON line (what ``make progress`` reads)."""
     milestones = list(dict.fromkeys(ex.milestone for ex in all_exercises()))
     return json.dumps({k: v.status for k, v in run_checks(milestones).items()})
+
+
+# --------------------------------------------------------------------------- the proof (``make mutate``)
+
+
+def load_check_modules() -> dict[str, object]:
+    """Import every milestone's check file (registering its wrong answers); ``{milestone: module}``."""
+    import importlib
+
+    from ml60.milestones import MILESTONES
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return {m.id: importlib.import_module(f"tests.exercises.{check_file(m.id).stem}")
+            for m in MILESTONES if (ROOT / check_file(m.id)).is_file()}
+
+
+def checks_of(exercise_id: str, modules: dict[str, object]) -> list[Callable]:
+    """The check functions of one exercise, from its milestone's check file."""
+    import inspect
+
+    module = modules.get(exercise_id.rsplit(".", 1)[0])
+    found = []
+    for _, function in inspect.getmembers(module, inspect.isfunction) if module else []:
+        marks = [m for m in getattr(function, "pytestmark", []) if m.name == "exercise"]
+        if any(m.args[0] == exercise_id for m in marks):
+            found.append(function)
+    return found
+
+
+def run_check(check: Callable, tmp_path: Path):
+    """Call a check as pytest would; ``tmp_path`` is the only fixture a check may ask for."""
+    import inspect
+
+    params = inspect.signature(check).parameters
+    unknown = set(params) - {"tmp_path"}
+    if unknown:
+        raise TypeError(f"{check.__name__} asks for fixtures {unknown}; exercise checks may only take tmp_path")
+    return check(**({"tmp_path": tmp_path} if "tmp_path" in params else {}))
+
+
+def unique_wrong_answers() -> list[WrongAnswer]:
+    seen: dict[tuple, WrongAnswer] = {}
+    for answer in WRONG_ANSWERS:
+        seen.setdefault((answer.exercise_id, answer.function.__qualname__), answer)
+    return list(seen.values())
+
+
+def failures_with(ex: Exercise, replacement: Callable | None, modules: dict, tmp_path: Path) -> list[BaseException]:
+    """Run every check of ``ex`` with its function swapped for ``replacement`` (None: as it is); the errors raised."""
+    owner, name = resolve_target(ex)
+    original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    if replacement is not None:
+        setattr(owner, name, replacement)
+    errors = []
+    try:
+        for check in checks_of(ex.id, modules):
+            try:
+                run_check(check, tmp_path)
+            except Exception as exc:   # noqa: BLE001 - every failure counts, whatever its type
+                errors.append(exc)
+    finally:
+        setattr(owner, name, original)
+    return errors
+
+
+def stub_function(ex: Exercise) -> Callable:
+    """A stand-in that raises exactly what the stub in the file would raise."""
+    import ast
+
+    message = ast.literal_eval(ex.stub().strip()[len("raise NotImplementedError("):-1])
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError(message)
+
+    return stub
+
+
+def mutation_report(selector: str = "all") -> int:
+    """``make mutate``: every exercise's checks against its stub and its shipped wrong answers.
+
+    A mutant is *killed* when a check fails: the stub with "not started", a
+    wrong answer with the diagnosis written for it.  The reference must pass.
+    """
+    import tempfile
+
+    modules = load_check_modules()
+    chosen = select(selector)
+    answers = unique_wrong_answers()
+    total = killed = 0
+    problems = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        for ex in chosen:
+            line = []
+            if failures_with(ex, None, modules, tmp):
+                problems.append(f"{ex.id}: the reference fails its own checks")
+            mutants = [("stub", stub_function(ex), None)] + [
+                (a.function.__name__, a.function, a.diagnosis) for a in answers if a.exercise_id == ex.id]
+            for label, function, diagnosis in mutants:
+                total += 1
+                errors = failures_with(ex, function, modules, tmp)
+                if diagnosis is None:
+                    ok = bool(errors) and all(isinstance(e, NotImplementedError) for e in errors)
+                else:
+                    ok = any(isinstance(e, AssertionError) and diagnosis in str(e) for e in errors)
+                killed += ok
+                line.append(label + ("" if ok else " SURVIVED"))
+                if not ok:
+                    problems.append(f"{ex.id}: mutant {label} survived (errors: {[str(e)[:80] for e in errors]})")
+            print(f"  {ex.id:<13} {len(mutants)} mutants: {', '.join(line)}")
+    print(f"{killed}/{total} mutants killed ({100 * killed / max(total, 1):.0f}%) over {len(chosen)} exercises.")
+    for problem in problems:
+        print("  " + problem)
+    return 0 if killed == total and not problems else 1

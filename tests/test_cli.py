@@ -40,6 +40,8 @@ def test_make_help_lists_every_milestone_with_its_days():
     for m in MILESTONES:
         assert f"make {m.id}" in out and f"days {m.days}" in out
     assert "make quickstart" in out and "make test" in out and "QUICK=1" in out and "DEVICE=" in out
+    for target in ("make exercise M=", "make check M=", "make solution M=", "make diff M=", "make exercises"):
+        assert target in out
 
 
 def test_unbuilt_milestone_says_so(capsys, monkeypatch):

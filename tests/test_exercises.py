@@ -10,10 +10,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from pathlib import Path
-
 import pytest
 
 from ml60 import grading
@@ -21,42 +17,13 @@ from ml60.exercises import ROOT, all_exercises
 from ml60.milestones import MILESTONES
 
 EXERCISES = {ex.id: ex for ex in all_exercises()}
-CHECK_MODULES = {m.id: importlib.import_module(f"tests.exercises.{grading.check_file(m.id).stem}")
-                 for m in MILESTONES if (ROOT / grading.check_file(m.id)).is_file()}
-
-
-def checks_of(exercise_id: str) -> list:
-    """The check functions of one exercise, from its milestone's check file."""
-    module = CHECK_MODULES.get(exercise_id.rsplit(".", 1)[0])
-    found = []
-    for _, function in inspect.getmembers(module, inspect.isfunction) if module else []:
-        marks = [m for m in getattr(function, "pytestmark", []) if m.name == "exercise"]
-        if any(m.args[0] == exercise_id for m in marks):
-            found.append(function)
-    return found
-
-
-def run_check(check, tmp_path: Path):
-    """Call a check as pytest would; only ``tmp_path`` may be asked for."""
-    params = inspect.signature(check).parameters
-    unknown = set(params) - {"tmp_path"}
-    assert not unknown, f"{check.__name__} asks for fixtures {unknown}; exercise checks may only take tmp_path"
-    return check(**({"tmp_path": tmp_path} if "tmp_path" in params else {}))
-
-
-def wrong_answers():
-    seen = {}
-    for answer in grading.WRONG_ANSWERS:
-        seen.setdefault((answer.exercise_id, answer.function.__qualname__), answer)
-    return list(seen.values())
-
-
-WRONG = wrong_answers()
+CHECK_MODULES = grading.load_check_modules()
+WRONG = grading.unique_wrong_answers()
 
 
 def test_exercise_blocks_parse_and_have_checks_and_wrong_answers():
     assert EXERCISES, "no exercise blocks found"
-    without_check = [i for i in EXERCISES if not checks_of(i)]
+    without_check = [i for i in EXERCISES if not grading.checks_of(i, CHECK_MODULES)]
     assert not without_check, f"exercises with no check: {without_check}"
     with_wrong = {a.exercise_id for a in WRONG}
     assert not set(EXERCISES) - with_wrong, f"exercises with no shipped wrong answer: {sorted(set(EXERCISES) - with_wrong)}"
@@ -66,42 +33,26 @@ def test_exercise_blocks_parse_and_have_checks_and_wrong_answers():
 
 
 @pytest.mark.parametrize("answer", WRONG, ids=lambda a: f"{a.exercise_id}:{a.function.__name__}")
-def test_wrong_answer_fails_with_its_diagnosis(answer, monkeypatch, tmp_path):
-    owner, name = grading.resolve_target(EXERCISES[answer.exercise_id])
-    monkeypatch.setattr(owner, name, answer.function)
-    messages = []
-    for check in checks_of(answer.exercise_id):
-        try:
-            run_check(check, tmp_path)
-        except AssertionError as exc:
-            messages.append(str(exc))
-    assert messages, f"every check of {answer.exercise_id} passes the wrong answer {answer.function.__name__!r} " \
-                     f"({answer.why})"
+def test_wrong_answer_fails_with_its_diagnosis(answer, tmp_path):
+    errors = grading.failures_with(EXERCISES[answer.exercise_id], answer.function, CHECK_MODULES, tmp_path)
+    messages = [str(e) for e in errors if isinstance(e, AssertionError)]
+    assert messages, f"no check of {answer.exercise_id} fails the wrong answer {answer.function.__name__!r} " \
+                     f"({answer.why}) with a diagnosis; errors: {errors}"
     assert any(answer.diagnosis in m for m in messages), (
         f"{answer.function.__name__} ({answer.why}) fails, but not with the diagnosis meant for it "
         f"({answer.diagnosis!r}); the checks said: {messages}")
 
 
 @pytest.mark.parametrize("exercise_id", sorted(EXERCISES))
-def test_stub_is_reported_as_not_started(exercise_id, monkeypatch, tmp_path):
-    """In-process twin of the scratch-tree proof: the stub's exception reads as 'not started'."""
+def test_reference_passes_and_stub_reads_not_started(exercise_id, tmp_path):
+    """(a) the reference passes every check; the stub (as the file would raise it) fails every check as 'not started'."""
     ex = EXERCISES[exercise_id]
-    owner, name = grading.resolve_target(ex)
-    message = ex.stub().strip()[len("raise NotImplementedError("):-1]
-
-    def stub(*args, **kwargs):
-        raise NotImplementedError(eval(message))   # the stub's own message, as the file would raise it
-
-    monkeypatch.setattr(owner, name, stub)
-    verdicts = []
-    for check in checks_of(exercise_id):
-        try:
-            run_check(check, tmp_path)
-            verdicts.append("passed")
-        except Exception as exc:   # noqa: BLE001 - classify whatever the check raised
-            verdicts.append(grading.classify(exercise_id, _ExcInfo(exc)).status)
-    assert verdicts and "passed" not in verdicts, f"a check of {exercise_id} passes with the stub in place"
-    assert "not started" in verdicts, f"the stub of {exercise_id} is not reported as not started: {verdicts}"
+    assert grading.failures_with(ex, None, CHECK_MODULES, tmp_path) == []
+    errors = grading.failures_with(ex, grading.stub_function(ex), CHECK_MODULES, tmp_path)
+    checks = grading.checks_of(exercise_id, CHECK_MODULES)
+    assert len(errors) == len(checks), f"{len(checks) - len(errors)} check(s) of {exercise_id} pass with the stub"
+    verdicts = [grading.classify(exercise_id, _ExcInfo(e)).status for e in errors]
+    assert set(verdicts) == {"not started"}, f"the stub of {exercise_id} reads as {verdicts}, not 'not started'"
 
 
 class _ExcInfo:
@@ -109,6 +60,19 @@ class _ExcInfo:
 
     def __init__(self, exc: BaseException):
         self.value, self.tb = exc, exc.__traceback__
+
+
+def test_every_exercise_has_its_section_in_the_guide():
+    """The stub sends the learner to ``<phase>/README.md#<id>``: that anchor exists, with a question and its answer."""
+    missing = []
+    for ex in EXERCISES.values():
+        path, _, anchor = ex.guide.partition("#")
+        text = (ROOT / path).read_text(encoding="utf-8") if (ROOT / path).is_file() else ""
+        start = text.find(f'<a id="{anchor}"></a>')
+        section = text[start:text.find("<a id=", start + 1)] if start >= 0 else ""
+        if not section or "<details>" not in section or "Before you run it" not in section:
+            missing.append(ex.id)
+    assert not missing, f"exercises without a guide section (anchor, question, folded answer): {missing}"
 
 
 def test_course_size():
