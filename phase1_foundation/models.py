@@ -23,9 +23,19 @@ class SimpleNet(nn.Module):
         self.fc2 = nn.Linear(hidden, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 10) for a batch of images (N, 1, 28, 28), step by step, no ``nn.Sequential``.
+
+        Flatten each image to 784 numbers (the batch axis stays), ``fc1``,
+        ReLU, ``fc2``.  Return the raw scores (logits): ``F.cross_entropy``
+        applies log-softmax itself, so a softmax here would be applied twice.
+        ``nn.Module.__call__`` runs this method: ``net(x)``, not ``net.forward(x)``.
+        """
+        # EXERCISE p1-manual.1: SimpleNet's forward pass
+        # hint: flatten each image but keep the batch axis; fc1, ReLU, fc2; return logits, no softmax
         x = x.view(x.size(0), -1)   # (N, 1, 28, 28) -> (N, 784)
         x = F.relu(self.fc1(x))
         return self.fc2(x)          # logits; the loss applies softmax
+        # END EXERCISE
 
 
 class RawTwoLayerNet:
@@ -43,17 +53,42 @@ class RawTwoLayerNet:
         return cls(net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """SimpleNet's forward pass from the four tensors in ``self.params``: logits (N, 10).
+
+        ``w1, b1, w2, b2 = self.params``.  Flatten each sample (keep the batch
+        axis), then ``hidden = relu(x @ w1.T + b1)`` and ``logits = hidden @ w2.T + b2``:
+        what ``nn.Linear`` computes, with its ``(out_features, in_features)``
+        weight layout.  Use the parameters themselves (not ``.data`` or
+        ``.detach()`` copies), so that ``backward()`` reaches them.
+        """
+        # EXERCISE p1-manual.2: a forward pass from raw tensors
+        # hint: nn.Linear computes x @ W.T + b: do that twice with a ReLU between, on self.params themselves
         w1, b1, w2, b2 = self.params
         x = x.view(x.size(0), -1)
         hidden = (x @ w1.T + b1).clamp(min=0)   # ReLU is max(x, 0)
         return hidden @ w2.T + b2
+        # END EXERCISE
 
     def sgd_step(self, lr: float) -> None:
-        """w <- w - lr * dL/dw, outside the graph, then clear the gradients."""
+        """One step of plain SGD on ``self.params``: ``w <- w - lr * w.grad``, then clear the gradients.
+
+        Two things make this more than one line.  The update must not be
+        recorded by autograd: an in-place change to a leaf that requires grad
+        raises, and an out-of-place ``w = w - lr * g`` makes a new tensor that
+        is no longer a leaf (the next ``backward()`` would not fill its
+        ``.grad``).  So update in place inside ``torch.no_grad()``.  And
+        ``backward()`` adds into ``.grad``: clear it after the update
+        (``p.grad = None``), or the next step uses the sum of both batches'
+        gradients.  This is what ``optimizer.step()`` and
+        ``optimizer.zero_grad()`` do for you.
+        """
+        # EXERCISE p1-manual.3: the SGD step by hand
+        # hint: change each parameter in place where autograd is not recording; then clear its gradient
         with torch.no_grad():
             for p in self.params:
                 p -= lr * p.grad
                 p.grad = None
+        # END EXERCISE
 
 
 class WideMLP(nn.Module):

@@ -6,18 +6,22 @@ What to take from it:
    and a device; ``.to(device)`` moves it; ``torch.from_numpy`` shares memory.
 2. **The graph**: every operation on a tensor that requires grad records a
    node (``grad_fn``); ``backward()`` walks those nodes from the loss back to
-   the leaves.  We print the walk and draw it.
+   the leaves.  We print the walk and draw it, and check autograd's
+   gradient against one derived by hand.
 3. **.data vs .detach()**: both give a tensor outside the graph that shares
    storage.  Change it in place and ``.detach()`` makes ``backward()`` raise
    (the graph notices its saved value changed); ``.data`` lets it through and
    you get a silently wrong gradient.  Prefer ``.detach()``.
 4. **Why zero_grad()**: ``backward()`` adds into ``.grad``; call it twice
-   without clearing and the gradient doubles.
+   without clearing and the gradient doubles.  The same adding-up, used on
+   purpose, is gradient accumulation: a big batch in micro-batches.
 5. **no_grad / inference_mode**: turn graph recording off for evaluation;
    inference tensors cannot be fed back into autograd.
 
-Every demonstration is asserted, so the lesson fails loudly if a future
-PyTorch changes the behaviour it describes.
+Every demonstration of PyTorch's behaviour is asserted, so the lesson fails
+loudly if a future PyTorch changes it; what your own code computes (the walk,
+the hand gradient, the accumulation) is recorded in ``metrics.json``, and
+``check`` reports the demonstration it broke.
 
 Run: ``make p1-autograd``.  Writes ``runs/p1-autograd/``: ``metrics.json``, ``graph.png``.
 """
@@ -49,10 +53,24 @@ def tensors_and_devices(device: torch.device) -> dict:
 
 
 def walk_graph(root, names: dict[int, str] | None = None) -> list[tuple[int, str]]:
-    """Depth-first walk of ``grad_fn`` nodes: (depth, node name), leaves shown as AccumulateGrad.
+    """Depth-first walk of the ``grad_fn`` graph from ``root`` (usually ``loss.grad_fn``): ``[(depth, name), ...]``.
 
-    ``names`` maps ``id(tensor)`` to a label for the leaves, so the walk can say ``w`` not just a shape.
+    This is the path ``backward()`` takes.  Every node is a backward function
+    (``MulBackward0``, ``MmBackward0``, ...); ``node.next_functions`` is a
+    tuple of ``(child, index)`` pairs, one per input of the forward operation,
+    where ``child`` is ``None`` for an input that needs no gradient (a data
+    tensor like ``x``).  A leaf tensor that requires grad ends its path in an
+    ``AccumulateGrad`` node, whose ``.variable`` is the leaf: its entry reads
+    ``"AccumulateGrad -> leaf w (3, 2)"``, the label taken from ``names``
+    (``id(tensor)`` -> label) and the shape from the tensor.
+
+    The root is at depth 0 and each step to a child is one level deeper.  A
+    node reached a second time (a tensor used twice) is listed again but not
+    expanded again, so the walk stays as small as the graph.
     """
+    # EXERCISE p1-autograd.1: walk the grad_fn graph
+    # hint: recurse from the root through fn.next_functions: skip None children, name an AccumulateGrad node
+    # hint: by its .variable, and never expand the same node (id(fn)) twice
     names = names or {}
     lines, seen = [], set()
 
@@ -72,6 +90,25 @@ def walk_graph(root, names: dict[int, str] | None = None) -> list[tuple[int, str
 
     visit(root, 0)
     return lines
+    # END EXERCISE
+
+
+def hand_gradient_w(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """d loss / d w for ``loss = mean(relu(x @ w + b) ** 2)``, derived by hand (no autograd).
+
+    ``x`` is (N, D), ``w`` is (D, K), ``b`` is (K,); the answer has ``w``'s
+    shape.  Write the forward pass as three lines (``z = x @ w + b``,
+    ``r = relu(z)``, ``loss`` = the mean of ``r ** 2`` over all N * K entries)
+    and apply the chain rule backwards, one line at a time, as p1-numpy's
+    ``backward`` did.  The run compares your answer with the ``w.grad`` that
+    ``loss.backward()`` leaves.
+    """
+    # EXERCISE p1-autograd.2: a gradient by hand
+    # hint: go back one forward line at a time: the mean runs over all z.numel() entries, not the N rows,
+    # hint: and ReLU lets no gradient through where z <= 0
+    z = x @ w + b
+    return x.T @ (2 * z.relu()) / z.numel()
+    # END EXERCISE
 
 
 def the_graph(run_dir) -> dict:
@@ -84,17 +121,16 @@ def the_graph(run_dir) -> dict:
     nodes = walk_graph(loss.grad_fn, {id(w): "w", id(b): "b"})
     for depth, name in nodes:
         print("  " + "   " * depth + name)
+    reaches_leaves = any("leaf w" in name for _, name in nodes) and any("leaf b" in name for _, name in nodes)
     print("  (x is not in the walk: it does not require grad, so autograd keeps no path to it)")
     loss.backward()
-    # Check autograd against the gradient written by hand: d/dw mean(relu(z)^2) = x^T (2 relu(z)) / N
-    z = x @ w.detach() + b.detach()
-    by_hand_w = x.T @ (2 * z.relu()) / z.numel()
-    matches = torch.allclose(w.grad, by_hand_w, atol=1e-6)
-    print(f"backward() filled w.grad {tuple(w.grad.shape)}; equal to the hand-derived x^T 2relu(z)/N: {matches}")
-    assert matches
+    # Check autograd against the gradient derived by hand
+    by_hand_w = hand_gradient_w(x, w.detach(), b.detach())
+    matches = tuple(by_hand_w.shape) == tuple(w.shape) and torch.allclose(w.grad, by_hand_w, atol=1e-6)
+    print(f"backward() filled w.grad {tuple(w.grad.shape)}; equal to hand_gradient_w's: {matches}")
     _draw_graph(nodes, run_dir / "graph.png")
     return {"nodes": [name for _, name in nodes], "leaf_count": sum("leaf" in n for _, n in nodes),
-            "autograd_matches_hand_gradient": matches}
+            "walk_reaches_both_leaves": reaches_leaves, "autograd_matches_hand_gradient": matches}
 
 
 def data_versus_detach() -> dict:
@@ -125,6 +161,37 @@ def data_versus_detach() -> dict:
             "data_gives_silently_wrong_gradient": silently_wrong}
 
 
+def accumulate_gradients(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                         micro_batches: int) -> float:
+    """Fill every parameter's ``.grad`` with the gradient of ``loss_fn(model(x), y)``, one micro-batch at a time.
+
+    ``backward()`` adds into ``.grad`` rather than overwriting it.  Usually
+    that is the bug ``zero_grad()`` prevents; here it is the tool: a batch too
+    big for memory is split into ``micro_batches`` equal chunks, each chunk
+    runs forward and backward on its own, and the gradients add up in
+    ``.grad``.  Clear ``.grad`` once, before the first chunk (whatever is
+    there belongs to an earlier step).  ``loss_fn`` is a mean over its batch,
+    so each chunk's loss is divided by the number of chunks: the sum of the
+    chunks' gradients is then the gradient of the mean over the whole batch.
+
+    Returns the whole batch's loss as a Python number, for logging.  Sum
+    ``loss.item()`` (or detached values), not the loss tensors themselves: a
+    running total of tensors keeps every chunk's graph alive.
+    ``len(x)`` is a multiple of ``micro_batches``.
+    """
+    # EXERCISE p1-autograd.3: accumulate gradients over micro-batches
+    # hint: clear the gradients once, before the loop (not per chunk); backward() each chunk's loss divided by
+    # hint: micro_batches; add up .item() values, not loss tensors
+    model.zero_grad()
+    total = 0.0
+    for x_part, y_part in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+        loss = loss_fn(model(x_part), y_part) / micro_batches
+        loss.backward()
+        total += loss.item()
+    return total
+    # END EXERCISE
+
+
 def why_zero_grad() -> dict:
     print("\n-- 4. Why zero_grad(): gradients accumulate --")
     torch.manual_seed(0)
@@ -134,18 +201,26 @@ def why_zero_grad() -> dict:
     def loss():
         return torch.nn.functional.mse_loss(model(x), y)
 
-    loss().backward()
+    full_loss = loss()
+    full_loss.backward()
     once = model.weight.grad.clone()
     loss().backward()          # no zero_grad in between
     twice = model.weight.grad.clone()
-    model.zero_grad()
     print(f"grad after one backward:  {once.flatten().tolist()}")
     print(f"grad after two backwards: {twice.flatten().tolist()}  (exactly double)")
+    chunked_loss = accumulate_gradients(model, torch.nn.functional.mse_loss, x, y, micro_batches=4)
+    accumulated = model.weight.grad.clone()
+    accumulation_matches = (tuple(accumulated.shape) == tuple(once.shape)
+                            and torch.allclose(accumulated, once, atol=1e-6)
+                            and isinstance(chunked_loss, (int, float)) and abs(chunked_loss - full_loss.item()) < 1e-5)
+    print(f"4 micro-batches of 2, each loss / 4, accumulated: {accumulated.flatten().tolist()}  "
+          f"(the full batch's gradient: {accumulation_matches})")
+    model.zero_grad()
     print(f"after zero_grad():        {model.weight.grad}  (None: set_to_none is the default)")
     doubled = torch.allclose(twice, 2 * once)
     assert doubled and model.weight.grad is None
     return {"doubles_without_zero_grad": doubled, "grad_once": once.flatten().tolist(),
-            "grad_twice": twice.flatten().tolist()}
+            "grad_twice": twice.flatten().tolist(), "accumulation_matches_full_batch": accumulation_matches}
 
 
 def no_grad_and_inference_mode() -> dict:
@@ -185,7 +260,7 @@ def _draw_graph(nodes: list[tuple[int, str]], path) -> None:
             px, py = positions[parent]
             ax.annotate("", xy=(x - 0.05, y), xytext=(px + 0.1, py - 0.25),
                         arrowprops=dict(arrowstyle="->", color="#667"))
-    ax.set_xlim(-0.3, max(d for d, _ in nodes) + 3.5)
+    ax.set_xlim(-0.3, max((d for d, _ in nodes), default=0) + 3.5)
     ax.set_ylim(-len(nodes), 1)
     ax.axis("off")
     ax.set_title("backward() walks grad_fn from the loss (top) to the leaves (green)")
