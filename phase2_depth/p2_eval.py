@@ -48,8 +48,24 @@ MILESTONE = "p2-eval"
 
 @torch.inference_mode()
 def predict_probs(model, split, mean, std, device, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities for every image of ``split``: plain, and with flip test-time augmentation
-    (logits averaged with the mirror's before the softmax), from one pass over the data."""
+    """Class probabilities for every image of ``split``: plain, and with flip test-time augmentation.
+
+    An honest evaluation: ``model.eval()`` first (BatchNorm then normalises
+    with its running statistics instead of the batch's, Dropout is off), the
+    images in their order (no shuffling), normalised with the ``mean`` and
+    ``std`` the model was trained with (``TensorLoader`` does it per batch),
+    no graph (the ``inference_mode`` decorator).  Each batch gives logits; the
+    softmax over the class axis turns them into probabilities.  The
+    flip-averaged probabilities come from the mean of the logits for the
+    image and for its left-right mirror (``flip_averaged_logits``), then the
+    softmax: average logits, not probabilities.
+
+    Returns two float arrays of shape ``(len(split), classes)`` whose rows
+    sum to 1: plain, and flip-averaged.
+    """
+    # EXERCISE p2-eval.1: honest predictions
+    # hint: model.eval() before anything; batches in order, normalised with the training mean and std;
+    # hint: the mirror's logits are averaged in before the softmax, not after
     model.eval()
     loader = TensorLoader(split, batch_size, device=device, mean=mean, std=std, shuffle=False)
     plain, flipped = [], []
@@ -58,6 +74,7 @@ def predict_probs(model, split, mean, std, device, batch_size: int = 1000) -> tu
         plain.append(torch.softmax(logits, dim=1).cpu())
         flipped.append(torch.softmax(flip_averaged_logits(model, x, logits), dim=1).cpu())
     return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
+    # END EXERCISE
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,8 +7,9 @@ What to take from it:
    weight decay, dropout and label smoothing.
 2. **TPE** (Optuna's default sampler) starts with random trials, then models
    which regions of the space gave good validation accuracy and samples more
-   there.  **Pruning** stops a trial whose validation accuracy, from the
-   third epoch on, is below the median of earlier trials at the same epoch.
+   there.  **Pruning** (the median stopping rule, ``should_prune``) stops a
+   trial whose best validation accuracy so far, from its second epoch on, is
+   below the median of the completed trials at the same epoch.
 3. **The study lives in SQLite** (``runs/p2-search/study.db``): stop the
    search and run it again to continue; start it in two terminals and both
    add trials to the same study.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import csv
 import time
 
+import numpy as np
 import torch
 
 from common.device import resolve_device
@@ -46,7 +48,30 @@ QUICK = {"trials": 4, "epochs": 2, "subset": (2000, 500, 1000), "final_epochs": 
 
 
 def suggest(trial) -> dict:
-    """The search space, one line per hyperparameter."""
+    """One trial's hyperparameters, drawn from the search space: one line per hyperparameter.
+
+    ``trial`` is an Optuna trial; each ``trial.suggest_*`` call names a
+    hyperparameter, declares its range and returns the value the sampler
+    picks.  The names are the keys of the returned dict, the ones
+    ``train_config`` and ``train_once`` read, because the winner is later
+    rebuilt from Optuna's record of them (``best.params``).
+
+    The space:
+
+    * ``schedule``: one of ``constant``, ``step``, ``cosine``, ``onecycle``;
+    * ``warmup``: ``False`` or ``True``;
+    * ``batch_size``: one of 64, 128, 256;
+    * ``lr``: from 0.01 to 0.4, and ``weight_decay``: from 1e-5 to 1e-3, both
+      on a **log scale** (``log=True``): what matters for a learning rate is
+      its order of magnitude, so 0.01-0.02 deserves as many trials as
+      0.2-0.4.  Uniform on a linear scale, 85% of the learning rates would
+      land above 0.07 and the small ones would hardly be tried;
+    * ``dropout``: from 0 to 0.5, and ``label_smoothing``: from 0 to 0.2,
+      on a linear scale (their effect is roughly proportional).
+    """
+    # EXERCISE p2-search.1: the search space
+    # hint: trial.suggest_categorical for the choices, trial.suggest_float for the ranges;
+    # hint: the learning rate and the weight decay span orders of magnitude: sample them with log=True
     return {
         "schedule": trial.suggest_categorical("schedule", ["constant", "step", "cosine", "onecycle"]),
         "warmup": trial.suggest_categorical("warmup", [False, True]),
@@ -56,6 +81,61 @@ def suggest(trial) -> dict:
         "dropout": trial.suggest_float("dropout", 0.0, 0.5),
         "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
     }
+    # END EXERCISE
+
+
+STARTUP_TRIALS = 4        # no pruning before this many trials have completed: the median needs company
+FIRST_JUDGED_EPOCH = 2    # a trial is never stopped after its first epoch: warm-up is slow off the mark
+
+
+def should_prune(this_trial: dict[int, float], completed: list[dict[int, float]], *,
+                 startup_trials: int = STARTUP_TRIALS, first_judged_epoch: int = FIRST_JUDGED_EPOCH) -> bool:
+    """The median stopping rule: stop a trial that is doing worse than the typical trial did by now.
+
+    ``this_trial`` maps each epoch run so far (1, 2, ...) to the trial's
+    validation accuracy after it; its latest epoch is the largest key.
+    ``completed`` holds the same mapping for every trial that ran to the end.
+
+    Prune (return True) when all of these hold:
+
+    * at least ``startup_trials`` trials have completed (before that the
+      median of a handful of trials says little);
+    * the latest epoch is ``first_judged_epoch`` or later (warm-up, or a
+      large learning rate, can make a good trial slow off the mark);
+    * some completed trial reported a value at that same epoch;
+    * the trial's **best** validation accuracy so far is below the
+      **median** of the completed trials' values at that epoch.
+
+    The median, not the mean: one diverged trial at 10% would drag a mean
+    down and let poor trials through.  This is Optuna's ``MedianPruner``
+    (``n_startup_trials``, ``n_warmup_steps``), written out; Golovin et al.,
+    "Google Vizier" (2017), call it the median stopping rule.
+    """
+    # EXERCISE p2-search.2: the median stopping rule
+    # hint: three reasons not to judge yet (too few completed trials, too early an epoch, nobody to compare with
+    # hint: at this epoch); then compare this trial's best value so far with np.median of the others' at this epoch
+    epoch = max(this_trial)
+    if len(completed) < startup_trials or epoch < first_judged_epoch:
+        return False
+    at_this_epoch = [values[epoch] for values in completed if epoch in values]
+    if not at_this_epoch:
+        return False
+    return max(this_trial.values()) < float(np.median(at_this_epoch))
+    # END EXERCISE
+
+
+def median_rule_pruner():
+    """An Optuna pruner that asks :func:`should_prune` after every reported epoch."""
+    import optuna
+
+    class MedianRulePruner(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            if not trial.intermediate_values:
+                return False
+            completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            return should_prune(dict(trial.intermediate_values), [dict(t.intermediate_values) for t in completed])
+
+    return MedianRulePruner()
 
 
 def train_config(params: dict, epochs: int, seed: int) -> TrainConfig:
@@ -74,6 +154,36 @@ def train_once(params: dict, splits, *, epochs: int, device, seed: int, on_epoch
     trainer = Trainer(model, train_config(params, epochs, seed), device=device, announce=lambda m: None)
     history = trainer.fit(train, val, on_epoch_end=on_epoch_end)
     return trainer, history, test
+
+
+def choose_and_test_once(trials, retrain, test_accuracy):
+    """Validation chooses, the test set judges once: the end of an honest search.
+
+    ``trials`` are the study's trials (Optuna ``FrozenTrial`` objects): each has a
+    ``state`` (``state.name`` is ``"COMPLETE"``, ``"PRUNED"``, ...), a
+    ``value`` (for a complete trial, its best validation accuracy) and the
+    ``params`` it was trained with.  A pruned trial carries a value too, the
+    last validation accuracy it reported before it was stopped: a figure from
+    fewer epochs, not comparable, so only complete trials compete.
+
+    ``retrain(params)`` trains the chosen configuration on the whole training
+    split and returns the trained model; ``test_accuracy(model)`` measures it
+    on the test set.  Every call of ``test_accuracy`` is a look at the test
+    set, so it is called exactly once, on the winner: a test set that also
+    helped choose (by testing several candidates and keeping the best) no
+    longer gives an unbiased estimate, and neither does the winner's
+    validation accuracy, which was the maximum of many.
+
+    Returns ``(best trial, retrained model, test accuracy)``.
+    """
+    # EXERCISE p2-search.3: validation chooses, test judges once
+    # hint: keep the complete trials, take the one with the highest value (validation accuracy),
+    # hint: retrain its params, then one call of test_accuracy, on that model alone
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: t.value)
+    model = retrain(best.params)
+    return best, model, test_accuracy(model)
+    # END EXERCISE
 
 
 def objective_factory(splits, epochs: int, device, seed: int):
@@ -103,10 +213,7 @@ def run_study(run_dir, splits, *, trials: int, epochs: int, device, seed: int):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                # No pruning in the first two epochs: a warm-up trial is slow off the mark
-                                # by design, and judging it after one epoch would punish warm-up itself.
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=median_rule_pruner())
     before = len(study.trials)
     if before:
         print(f"  resuming the study in {storage}: {before} trials already there")
@@ -196,25 +303,32 @@ def main(argv: list[str] | None = None) -> dict:
     rows = write_tables(study, run_dir)
     plot_trials(study, run_dir / "trials.png")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    best = study.best_trial
-    print(f"\n  best: trial {best.number}, validation {100 * best.value:.2f}%: {_short(best.params)}")
 
     full_train = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
                               subset=(QUICK["subset"] if args.quick else None), announce=lambda m: None)
-    print(f"\n-- The winner, retrained on all {len(full_train.train):,} training images for {plan['final_epochs']} "
-          "epochs, then the one look at the test set --")
-    trainer, history, test_loader = train_once(best.params, full_train, epochs=plan["final_epochs"], device=device,
-                                               seed=args.seed)
-    test = trainer.evaluate(test_loader)
-    test_evaluations = 1
-    print(f"  validation {100 * history[-1]['val_accuracy']:.2f}%, test {100 * test['accuracy']:.2f}%")
+    test_evaluations = 0
+
+    def retrain(params: dict):
+        print(f"\n-- The winner ({_short(params)}), retrained on all {len(full_train.train):,} training images "
+              f"for {plan['final_epochs']} epochs, then the one look at the test set --")
+        return train_once(params, full_train, epochs=plan["final_epochs"], device=device, seed=args.seed)
+
+    def look_at_test(trained) -> float:
+        nonlocal test_evaluations
+        test_evaluations += 1
+        trainer, _, test_loader = trained
+        return trainer.evaluate(test_loader)["accuracy"]
+
+    best, (_, history, _), test_accuracy = choose_and_test_once(study.trials, retrain, look_at_test)
+    print(f"  trial {best.number} (validation {100 * best.value:.2f}% in the search), retrained: "
+          f"validation {100 * history[-1]['val_accuracy']:.2f}%, test {100 * test_accuracy:.2f}%")
 
     label = "" if splits.dataset.real else " (stand-in data)"
     print(f"\nResult: {len(study.trials)} trials ({len(complete)} complete); the chosen configuration reaches "
-          f"{100 * test['accuracy']:.2f}% test accuracy{label}. Wrote {run_dir}/")
+          f"{100 * test_accuracy:.2f}% test accuracy{label}. Wrote {run_dir}/")
     return finish_run(run_dir, MILESTONE, args,
-                      key_figure={"name": "final_test_accuracy", "value": test["accuracy"],
-                                  "display": f"best of {len(study.trials)} trials: {100 * test['accuracy']:.2f}% "
+                      key_figure={"name": "final_test_accuracy", "value": test_accuracy,
+                                  "display": f"best of {len(study.trials)} trials: {100 * test_accuracy:.2f}% "
                                              f"test{label}"},
                       data=splits.dataset.provenance() | {"train_used_per_trial": len(splits.train),
                                                           "val_used": len(splits.val)},
@@ -222,8 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
                       pruned_trials=sum(t.state.name == "PRUNED" for t in study.trials),
                       best_trial=best.number, best_params=best.params, best_val_accuracy=best.value,
                       final={"train_size": len(full_train.train), "epochs": plan["final_epochs"],
-                             "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test["accuracy"]},
-                      test_accuracy=test["accuracy"], test_evaluations=test_evaluations,
+                             "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_accuracy},
+                      test_accuracy=test_accuracy, test_evaluations=test_evaluations,
                       study_storage=str(run_dir / "study.db"))
 
 
