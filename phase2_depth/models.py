@@ -37,8 +37,20 @@ WIDTHS = {
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),  # BN has its own bias
+    """One block of the CNN: a 3x3 convolution, BatchNorm, ReLU, as an ``nn.Sequential``.
+
+    ``(N, c_in, H, W) -> (N, c_out, H, W)``: padding 1 keeps the image size,
+    so only the pooling layers shrink it.  BatchNorm2d normalises each of the
+    ``c_out`` channels over the batch and the pixels, then applies its own
+    learned scale and shift; the convolution's bias would be cancelled by
+    that normalisation, so the convolution goes without one.  ReLU comes
+    last: the block's outputs are never negative.
+    """
+    # EXERCISE p2-cnn.1: the convolution block
+    # hint: three layers in order: Conv2d (3x3, padding 1, no bias), BatchNorm2d over c_out channels, ReLU
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    # END EXERCISE
 
 
 class FiveLayerCNN(nn.Module):
@@ -57,6 +69,18 @@ class FiveLayerCNN(nn.Module):
         self.classifier = nn.Linear(w5, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(N, C, H, W)`` (normalised) -> class logits ``(N, num_classes)``.
+
+        The path is the diagram at the top of this module: ``conv1`` (then
+        ``self.pool`` when ``self.pool_first``), ``conv2`` and a pool,
+        ``conv3``, ``conv4`` and a pool, ``conv5`` and a pool, then the
+        maximum over all remaining positions of each channel, ``self.dropout``
+        and ``self.classifier``.  The result is raw logits, not
+        probabilities: ``nn.CrossEntropyLoss`` applies log-softmax itself.
+        """
+        # EXERCISE p2-cnn.2: the forward pass
+        # hint: follow the diagram; the global max pool is torch.amax over the H and W axes;
+        # hint: use self.dropout (the module), which nn.Module switches off in eval mode, and stop at the logits
         x = self.conv1(x)
         if self.pool_first:
             x = self.pool(x)
@@ -66,6 +90,7 @@ class FiveLayerCNN(nn.Module):
         x = self.pool(self.conv5(x))
         x = torch.amax(x, dim=(2, 3))          # global max pool: (N, w5, h, w) -> (N, w5)
         return self.classifier(self.dropout(x))
+        # END EXERCISE
 
 
 def parameter_count(model: nn.Module) -> int:

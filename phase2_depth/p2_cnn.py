@@ -7,8 +7,9 @@ What to take from it:
    script prints its parameter count and multiply-adds per image: the second
    number, not the first, is what costs time.
 2. **A recipe is more than a model**: SGD with Nesterov momentum, a one-cycle
-   learning rate, weight decay, label smoothing, random crops and flips.
-   Each is a hyperparameter that p2-search will question.
+   learning rate (:func:`one_cycle_multiplier`), weight decay on weights but
+   not on biases or BatchNorm (:func:`weight_decay_groups`), label smoothing,
+   random crops and flips.  Each is a hyperparameter that p2-search will question.
 3. **Where a CPU step goes**: a profile of a few steps splits the time into
    convolutions, the rest of the model, and data handling.  On a CPU the
    convolutions dominate; that is why ``channels_last`` memory layout and
@@ -64,6 +65,85 @@ RECIPES = {
 }
 TARGETS = {"cpu": 0.85, "gpu": 0.89, "ci": 0.45, "quick": 0.25}  # test accuracy; gpu: 0.89 on the JPEG copy
 CPU_MINUTES_LIMIT = 60
+WARMUP_FRACTION = 0.3      # the one-cycle ramp: the first 30% of the steps
+
+
+def one_cycle_multiplier(step: int, *, total_steps: int, warmup_steps: int, final_fraction: float = 0.0) -> float:
+    """The factor on the peak learning rate at optimiser step ``step`` (0-based) of the one-cycle schedule.
+
+    Two straight lines.  **Warm-up**: step ``t < warmup_steps`` gets
+    ``(t + 1) / warmup_steps``, so the first step already moves (1/W of the
+    peak, not 0) and step ``W - 1`` reaches the peak, 1.  A freshly
+    initialised network's first gradients are large and point anywhere: full
+    speed at once can throw the weights somewhere training never recovers from.
+    **Decay**: from step ``W`` the factor falls linearly from 1 and reaches
+    ``final_fraction`` at ``t = total_steps``, one past the last step
+    (``total_steps - 1``), so the last step still learns a little; it never
+    goes below ``final_fraction``, however far ``t`` runs.
+
+    With 100 steps and a 30-step warm-up: 1/30 at step 0, 1 at steps 29 and
+    30, 0.5 at step 65, 1/70 at step 99.
+    """
+    # EXERCISE p2-cnn.3: the one-cycle learning rate at step t
+    # hint: a ramp (t + 1) / W while t < W; after it, the fraction of the decay done, (t - W) / (total - W),
+    # hint: capped at 1, moves the factor from 1 towards final_fraction along a straight line
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 1.0 - (1.0 - final_fraction) * progress
+    # END EXERCISE
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The model's trainable parameters as optimiser parameter groups: decay for weights, none for the rest.
+
+    Weight decay pulls every decayed parameter towards 0 at each step.  On a
+    convolution kernel or a linear layer's weight matrix that limits how
+    large, and how specific, the learned features get: regularisation.  On a
+    bias or on BatchNorm's scale and shift it only gets in the way: shrinking
+    BatchNorm's scale ``gamma`` (a parameter named ``weight``!) shrinks the
+    layer's output without making the model any simpler.  Told apart by
+    shape: kernels and matrices have two or more dimensions, biases and
+    norm parameters one.
+
+    Returns ``[{"params": [...], "weight_decay": weight_decay},
+    {"params": [...], "weight_decay": 0.0}]``, every parameter that
+    requires a gradient in exactly one group, ready for ``torch.optim.SGD(groups, ...)``.
+    """
+    # EXERCISE p2-cnn.4: weight decay on weights, not on biases or BatchNorm
+    # hint: sort model.parameters() (those with requires_grad) by p.ndim into two lists;
+    # hint: each list becomes a dict with its own "weight_decay"
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+    # END EXERCISE
+
+
+class CnnTrainer(Trainer):
+    """The shared :class:`~common.trainer.Trainer`, with phase 2's own optimiser and schedule.
+
+    SGD (Nesterov momentum as configured) over :func:`weight_decay_groups`,
+    and the one-cycle learning rate of :func:`one_cycle_multiplier`, its
+    warm-up :data:`WARMUP_FRACTION` of all steps, whatever ``config.schedule``
+    and ``config.warmup_epochs`` say.
+    """
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        fused = {"fused": True} if self.fused else {}   # one kernel launch for every parameter on a GPU
+        return torch.optim.SGD(weight_decay_groups(self.raw_model, cfg.weight_decay), lr=cfg.lr,
+                               momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
+
+    def _make_scheduler(self, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+        total = self.config.epochs * steps_per_epoch
+        warmup = max(1, round(WARMUP_FRACTION * total))
+        final = self.config.final_lr_fraction
+
+        def multiplier(step: int) -> float:
+            return one_cycle_multiplier(step, total_steps=total, warmup_steps=warmup, final_fraction=final)
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
 
 
 def build_model(recipe: dict, num_classes: int = 10) -> FiveLayerCNN:
@@ -215,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
                          weight_decay=recipe["weight_decay"], schedule="onecycle",
                          label_smoothing=recipe["label_smoothing"], channels_last=channels_last, seed=args.seed,
                          compile=args.compile)
-    trainer = Trainer(model, config, device=device, run_dir=run_dir)
+    trainer = CnnTrainer(model, config, device=device, run_dir=run_dir)
 
     breakdown = None
     if device.type == "cpu" and not dist.enabled:

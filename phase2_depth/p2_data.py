@@ -13,9 +13,10 @@ What to take from it:
    epoch the network sees a slightly different version of each image, so
    memorising pixels stops working.  ``augmentations.png`` shows what it sees.
 4. **Two pipelines, one distribution.**  torchvision's ``transforms.v2``
-   augments one image at a time; the fast path (:mod:`common.augment`) does a
-   whole batch at once.  Their outputs have the same statistics (measured
-   here, asserted in the tests), and the fast one is much quicker.
+   augments one image at a time; the fast path (``random_crop`` and
+   ``random_flip`` in :mod:`phase2_depth.data`) does a whole batch at once.
+   Their outputs have the same statistics (measured here, asserted in the
+   tests), and the fast one is much quicker.
 
 Run: ``make p2-data``.  Writes ``runs/p2-data/``: ``metrics.json``, ``augmentations.png``.
 """
