@@ -20,14 +20,18 @@ every one pays the same conversions):
 
 Threads: torch's and each ONNX Runtime session's intra-op pool are set to the
 same count, once with one thread and once with all usable cores.  Each
-(threads, batch size) cell is one :func:`common.benchmark.compare` call, so
-engines alternate within rounds and the speedups are medians of per-round
-ratios.
+(threads, batch size) cell is one :func:`compare_engines` call (the same
+interleaving as :func:`common.benchmark.compare`), so engines alternate within
+rounds and the speedups are medians of per-round ratios.  Each engine's calls
+are timed one by one after a warm-up (:func:`time_engine_calls`) and
+summarised by their mean and percentiles (:func:`latency_summary`).
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.benchmark import Comparison, compare, torch_threads, usable_cores
+from common.benchmark import Clock, Comparison, LatencyStats, torch_threads, usable_cores
 from phase3_production.runtime import onnx_session
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -122,6 +126,101 @@ def accuracy(run: Runner, images: np.ndarray, labels: np.ndarray, batch_size: in
     return correct / len(images)
 
 
+def time_engine_calls(run: Runner, batch: np.ndarray, *, warmup: int, repeats: int,
+                      clock: Clock = time.perf_counter) -> list[float]:
+    """Seconds taken by each of ``repeats`` calls of ``run(batch)``, after ``warmup`` calls that are not timed.
+
+    The first calls of an engine pay for things later calls do not: memory
+    pools growing, kernels chosen and cached, weights paged in, ONNX Runtime
+    laying out its buffers.  Run ``warmup`` calls first and throw their times
+    away.  Then read ``clock`` (seconds, like ``time.perf_counter``) just
+    before and just after **each** call: one sample per call, so the tail of
+    the distribution (p95, p99: what the slowest users see) survives.
+    Timing the whole loop and dividing by ``repeats`` gives one average and
+    hides the tail.
+
+    See https://docs.python.org/3/library/time.html#time.perf_counter
+    """
+    # EXERCISE p3-onnx.3: time calls after a warm-up
+    # hint: warmup untimed calls, then per call: start = clock(); run(batch); append clock() - start
+    for _ in range(warmup):
+        run(batch)
+    samples = []
+    for _ in range(repeats):
+        start = clock()
+        run(batch)
+        samples.append(clock() - start)
+    return samples
+    # END EXERCISE
+
+
+def latency_summary(samples_ms: list[float]) -> dict[str, float]:
+    """Mean, median (p50), p95 and p99 of latency samples: ``{"mean_ms", "p50_ms", "p95_ms", "p99_ms"}``.
+
+    Latencies are skewed: most calls are fast, a few are slow (a page fault,
+    the OS scheduling another process, a garbage collection).  The mean is
+    pulled up by those few; the median (p50) is the typical call; p95 and p99
+    say how slow the slowest 5% and 1% are.  The q-th percentile of n sorted
+    samples sits at position ``(n - 1) * q / 100``, interpolated linearly
+    between the two samples around it when that is not a whole number
+    (NumPy's default: ``np.percentile(samples, q)``).  So p0 is the
+    smallest sample, p100 the largest and, with 5 samples, p50 is the third.
+
+    See https://numpy.org/doc/stable/reference/generated/numpy.percentile.html
+    """
+    # EXERCISE p3-onnx.4: mean, median and percentiles
+    # hint: sort once; percentile q sits at position (n - 1) * q / 100, between two samples: interpolate
+    ordered = sorted(samples_ms)
+
+    def percentile(q: float) -> float:
+        position = (len(ordered) - 1) * q / 100
+        lower = int(position)
+        upper = min(lower + 1, len(ordered) - 1)
+        return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+    return {"mean_ms": sum(ordered) / len(ordered), "p50_ms": percentile(50), "p95_ms": percentile(95),
+            "p99_ms": percentile(99)}
+    # END EXERCISE
+
+
+def latency_stats(samples_s: list[float]) -> LatencyStats:
+    """The summary the tables and plots read, from per-call seconds."""
+    ms = [s * 1000.0 for s in samples_s]
+    if not ms:
+        raise ValueError("no samples")
+    return LatencyStats(n=len(ms), std_ms=statistics.stdev(ms) if len(ms) > 1 else 0.0, min_ms=min(ms),
+                        max_ms=max(ms), samples_ms=ms, **latency_summary(ms))
+
+
+def compare_engines(runners: dict[str, Runner], batch: np.ndarray, *, rounds: int, repeats: int, warmup: int,
+                    clock: Clock = time.perf_counter) -> Comparison:
+    """Time every engine on ``batch``, interleaved: each round runs each engine's ``repeats`` calls in turn.
+
+    The first engine is the baseline, and the one that starts a round
+    rotates.  Every engine is warmed up before the first round.  A slow minute
+    on a shared machine then lands on every engine instead of the one that
+    happened to run during it, and a speedup is the median of the per-round
+    ratios (:meth:`Comparison.speedup`).
+    """
+    names = list(runners)
+    if not names:
+        raise ValueError("nothing to compare")
+    for name in names:
+        time_engine_calls(runners[name], batch, warmup=warmup, repeats=0, clock=clock)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    round_stats: dict[str, list[LatencyStats]] = {n: [] for n in names}
+    order: list[str] = []
+    for r in range(rounds):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            order.append(name)
+            taken = time_engine_calls(runners[name], batch, warmup=0, repeats=repeats, clock=clock)
+            samples[name].extend(taken)
+            round_stats[name].append(latency_stats(taken))
+    return Comparison(baseline=names[0], rounds=rounds, stats={n: latency_stats(samples[n]) for n in names},
+                      round_stats=round_stats, order=order)
+
+
 @dataclass
 class Grid:
     """Every (threads, batch) cell's comparison, plus what each engine is."""
@@ -167,10 +266,10 @@ def run_grid(engines: list[Engine], images: np.ndarray, *, batch_sizes=(1, 8, 64
                        if not e.uses_cuda or threads == usable_cores()}
             for batch in batch_sizes:
                 x = np.ascontiguousarray(images[:batch])
-                candidates = {name: (lambda r=run: r(x)) for name, run in runners.items()}
                 progress(f"  {threads} thread{'s' if threads > 1 else ''}, batch {batch:>3}: "
-                         f"{len(candidates)} engines x {rounds} rounds x {repeats[batch]} calls")
-                cells[(threads, batch)] = compare(candidates, rounds=rounds, repeats=repeats[batch], warmup=warmup)
+                         f"{len(runners)} engines x {rounds} rounds x {repeats[batch]} calls")
+                cells[(threads, batch)] = compare_engines(runners, x, rounds=rounds, repeats=repeats[batch],
+                                                          warmup=warmup)
     return Grid(engines=engines, cells=cells)
 
 

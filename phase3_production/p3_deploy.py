@@ -74,12 +74,210 @@ def lint_dockerfile(path: Path = DOCKERFILE) -> dict:
     return {"ok": out.returncode == 0, "output": (out.stdout + out.stderr).strip() or "no findings"}
 
 
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """The Dockerfile's instructions in order, as ``(KEYWORD, arguments)``: comments dropped, ``\\`` lines joined."""
+    instructions, pending = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1].strip() + " "
+            continue
+        keyword, _, arguments = (pending + stripped).partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    if pending:
+        keyword, _, arguments = pending.strip().partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def image_user_and_healthcheck(text: str) -> dict:
+    """Who the image runs as, and whether it checks its own health: ``{"user", "non_root", "healthcheck"}``.
+
+    Only the **last stage** of a multi-stage Dockerfile becomes the image
+    (each ``FROM`` starts a new one), and in it the **last** ``USER`` wins.
+    Without a ``USER`` the process runs as whatever the base image says,
+    which for ``python:*-slim`` is root: a process that escapes the
+    application then owns the container.  ``user`` is the last USER's
+    argument (``"10001"``, ``"app"``, ``"10001:10001"``) or None;
+    ``non_root`` is False for no USER at all, for ``root`` and for uid ``0``
+    (with or without a group: ``0:0``, ``root:root``).
+
+    ``healthcheck`` is True when the last stage has a ``HEALTHCHECK``
+    instruction that is not ``HEALTHCHECK NONE`` (which switches off one
+    inherited from the base image).  Docker and docker compose use it to
+    mark a container unhealthy; Kubernetes ignores it and uses its probes.
+
+    ``text`` is the Dockerfile's text; :func:`dockerfile_instructions` gives
+    its instructions with comments dropped (a commented-out HEALTHCHECK is
+    no health check).
+
+    See https://docs.docker.com/reference/dockerfile/#user and
+    https://docs.docker.com/reference/dockerfile/#healthcheck
+    """
+    # EXERCISE p3-deploy.4: the image's user and health check
+    # hint: keep only the instructions after the last FROM; the last USER there decides (none, root or 0 is root),
+    # hint: and a HEALTHCHECK there counts unless its argument is NONE
+    stage: list[tuple[str, str]] = []
+    for keyword, arguments in dockerfile_instructions(text):
+        if keyword == "FROM":
+            stage = []
+        else:
+            stage.append((keyword, arguments))
+    users = [arguments for keyword, arguments in stage if keyword == "USER"]
+    user = users[-1] if users else None
+    name = user.split(":")[0].strip() if user else "root"
+    healthchecks = [arguments for keyword, arguments in stage if keyword == "HEALTHCHECK"]
+    return {"user": user, "non_root": name not in ("root", "0"),
+            "healthcheck": bool(healthchecks) and healthchecks[-1].split()[0].upper() != "NONE"}
+    # END EXERCISE
+
+
 def dockerfile_facts(path: Path = DOCKERFILE) -> dict:
-    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
-    port = re.search(r"\bPORT=(\d+)", text)
-    user = re.search(r"^USER\s+(\d+)", text, re.MULTILINE)
-    return {"port": int(port.group(1)) if port else None, "uid": int(user.group(1)) if user else None,
-            "healthcheck": "HEALTHCHECK" in text, "stages": len(re.findall(r"^FROM\s", text, re.MULTILINE))}
+    """What the cross-checks need from the Dockerfile: its PORT, its user (and uid), a HEALTHCHECK, its stages."""
+    text = path.read_text()
+    instructions = dockerfile_instructions(text)
+    port = next((int(m.group(1)) for keyword, arguments in instructions if keyword == "ENV"
+                 for m in [re.search(r"\bPORT=(\d+)", arguments)] if m), None)
+    image = image_user_and_healthcheck(text)
+    user = (image["user"] or "").split(":")[0].strip()
+    return {"port": port, "uid": int(user) if user.isdigit() else None, "user": image["user"],
+            "non_root": image["non_root"], "healthcheck": image["healthcheck"],
+            "stages": sum(keyword == "FROM" for keyword, _ in instructions)}
+
+
+def quantity(value) -> float:
+    """A Kubernetes resource quantity as a plain number: cores for cpu, bytes for memory.
+
+    ``"500m"`` is 0.5 (milli-cores), ``"2"`` and ``2`` are 2, ``"256Mi"`` is
+    256 * 2**20 bytes, ``"1G"`` is 10**9.  See
+    https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/
+    """
+    match = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2) not in QUANTITY_SUFFIXES:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 256Mi, 1Gi)")
+    return float(match.group(1)) * QUANTITY_SUFFIXES[match.group(2)]
+
+
+QUANTITY_SUFFIXES = {"": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+                     "Ki": 2.0 ** 10, "Mi": 2.0 ** 20, "Gi": 2.0 ** 30, "Ti": 2.0 ** 40}
+
+
+def resource_problems(container: dict) -> list[str]:
+    """What is wrong with a container's ``resources``; an empty list when nothing is.
+
+    The scheduler places a pod by its **requests** (a node must have that
+    much cpu and memory unreserved); the kubelet enforces the **limits** (cpu
+    above its limit is throttled, memory above its limit is OOM-killed).  A
+    container without requests may land on a full node; one without limits
+    may starve its neighbours.  So: both ``requests`` and ``limits`` set, for
+    both ``cpu`` and ``memory``, and each request at most its limit
+    (Kubernetes refuses a pod whose request exceeds its limit).  Compare
+    quantities as numbers with their units (:func:`quantity`): ``256Mi`` is
+    less than ``1Gi``, ``500m`` less than ``2``.
+
+    Each problem names the resource, e.g. ``"no cpu request"``,
+    ``"memory request 2Gi is above its limit 1Gi"``.
+
+    See https://kubernetes.io/docs/concepts/configuration/manage-resources-containers/
+    """
+    # EXERCISE p3-deploy.2: requests and limits
+    # hint: for cpu and memory: a missing request or limit is a problem; when both are there,
+    # hint: compare quantity(request) with quantity(limit)
+    resources = container.get("resources") or {}
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    problems = []
+    for resource in ("cpu", "memory"):
+        if resource not in requests:
+            problems.append(f"no {resource} request")
+        if resource not in limits:
+            problems.append(f"no {resource} limit")
+        if resource in requests and resource in limits and quantity(requests[resource]) > quantity(limits[resource]):
+            problems.append(f"{resource} request {requests[resource]} is above its limit {limits[resource]}")
+    return problems
+    # END EXERCISE
+
+
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+REQUIRED_PROBES = ("readinessProbe", "livenessProbe")
+
+
+def probe_problem(container: dict, probe: str, routes: set[str]) -> str | None:
+    """What is wrong with one of the container's probes (``probe`` names it), or None when nothing is.
+
+    The kubelet sends a **readiness** probe to decide whether the pod gets
+    traffic (it should pass only once the model is loaded and verified) and a
+    **liveness** probe to decide whether to restart it; a **startup** probe,
+    optional, holds the liveness probe off while the pod starts.  Readiness
+    and liveness must exist.  No schema can tell whether a probe would ever
+    pass: its ``httpGet.path`` must be a route of the app (``routes``), and
+    its ``httpGet.port`` a port the container declares, by number
+    (``containerPort``) or by name.  A probe that misses either fails
+    forever: the pod never becomes ready, or is restarted in a loop.
+
+    The problem names the probe, e.g. ``"readinessProbe path /ready is not a
+    route of the app"``.
+
+    See https://kubernetes.io/docs/concepts/configuration/liveness-readiness-startup-probes/
+    """
+    # EXERCISE p3-deploy.1: probes the app can answer
+    # hint: a missing readiness or liveness probe is a problem (startup is optional); otherwise httpGet's path
+    # hint: must be in routes and its port one of the container's ports, by containerPort or by name
+    if probe not in container:
+        return f"no {probe}" if probe in REQUIRED_PROBES else None
+    http = container[probe].get("httpGet")
+    if not http:
+        return f"{probe} has no httpGet"
+    if http.get("path") not in routes:
+        return f"{probe} path {http.get('path')} is not a route of the app"
+    ports = container.get("ports", [])
+    declared = {p.get("containerPort") for p in ports} | {p.get("name") for p in ports if p.get("name")}
+    if http.get("port") not in declared:
+        return f"{probe} port {http.get('port')} is not a port of the container ({sorted(map(str, declared))})"
+    return None
+    # END EXERCISE
+
+
+def pre_stop_pause(container: dict) -> float:
+    """Seconds the container's preStop hook waits: ``sleep 5``, ``time.sleep(5)`` or the ``sleep`` handler."""
+    pre_stop = container.get("lifecycle", {}).get("preStop", {})
+    if "sleep" in pre_stop:
+        return float(pre_stop["sleep"].get("seconds", 0))
+    command = " ".join(pre_stop.get("exec", {}).get("command", []))
+    match = re.search(r"sleep[\s(]+(\d+(?:\.\d+)?)", command)
+    return float(match.group(1)) if match else 0.0
+
+
+DEFAULT_GRACE_SECONDS = 30   # Kubernetes' terminationGracePeriodSeconds when the pod spec leaves it out
+
+
+def shutdown_budget(pod: dict, drain_seconds: float) -> tuple[float, float]:
+    """``(needed, granted)`` seconds for a pod to stop without dropping requests.
+
+    When a pod is deleted (a rolling update, a scale-down), the kubelet
+    starts the **termination grace period** and runs each container's
+    preStop hook; only when the hook returns does the process get SIGTERM
+    and begin draining (uvicorn finishes the requests in flight, up to
+    ``drain_seconds``).  When the grace period runs out, SIGKILL.  The
+    preStop pause is inside the grace period, not before it, so a container
+    needs its pause **plus** the drain; containers stop in parallel, so the
+    pod needs the largest of those over its containers.  ``granted`` is the
+    pod's ``terminationGracePeriodSeconds``, which is 30 when the spec leaves
+    it out.  :func:`pre_stop_pause` reads a container's pause.
+
+    ``pod`` is the pod spec (a Deployment's ``spec.template.spec``).
+
+    See https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination
+    """
+    # EXERCISE p3-deploy.3: the grace period covers preStop and the drain
+    # hint: needed = the largest preStop pause over the containers + drain_seconds;
+    # hint: granted = terminationGracePeriodSeconds, and Kubernetes' default when it is absent
+    needed = max((pre_stop_pause(c) for c in pod.get("containers", [])), default=0.0) + drain_seconds
+    granted = float(pod.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
+    return needed, granted
+    # END EXERCISE
 
 
 def consistency(resources: dict[str, dict], facts: dict, routes: set[str]) -> list[dict]:
@@ -91,21 +289,20 @@ def consistency(resources: dict[str, dict], facts: dict, routes: set[str]) -> li
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
     security = container.get("securityContext", {})
-    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-    pause = float(re.search(r"sleep\((\d+(?:\.\d+)?)\)", " ".join(pre_stop)).group(1)) if pre_stop else 0.0
+    needed, granted = shutdown_budget(pod, DRAIN_SECONDS)
+    resource_issues = resource_problems(container)
+    image_user = facts["uid"] if facts["non_root"] else "a non-root USER in the image"
     checks = [
         ("two replicas", 2, deployment["spec"]["replicas"]),
-        ("readiness probe is a route", "/readyz", container["readinessProbe"]["httpGet"]["path"]),
-        ("liveness probe is a route", "/healthz", container["livenessProbe"]["httpGet"]["path"]),
+        ("readiness probe is a route", "/readyz", container.get("readinessProbe", {}).get("httpGet", {}).get("path")),
+        ("liveness probe is a route", "/healthz", container.get("livenessProbe", {}).get("httpGet", {}).get("path")),
         ("container port = the image's PORT", facts["port"], port),
         ("PORT env = container port", str(port), env.get("PORT")),
-        ("runs as the image's non-root user", facts["uid"], pod["securityContext"].get("runAsUser")),
+        ("runs as the image's non-root user", image_user, pod.get("securityContext", {}).get("runAsUser")),
         ("read-only root filesystem", True, security.get("readOnlyRootFilesystem")),
         ("no privilege escalation", False, security.get("allowPrivilegeEscalation")),
-        ("requests and limits set", True, bool(container["resources"].get("requests"))
-         and bool(container["resources"].get("limits"))),
-        ("grace period covers preStop + drain", True,
-         pod["terminationGracePeriodSeconds"] >= pause + DRAIN_SECONDS),
+        ("requests <= limits, cpu and memory", "no problem", "; ".join(resource_issues) or "no problem"),
+        ("grace period covers preStop + drain", True, granted >= needed),
         ("service selects the pods", deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
          service["spec"]["selector"]["app.kubernetes.io/name"]),
         ("HPA targets the deployment", deployment["metadata"]["name"], hpa["spec"]["scaleTargetRef"]["name"]),
@@ -113,11 +310,11 @@ def consistency(resources: dict[str, dict], facts: dict, routes: set[str]) -> li
     ]
     out = [{"check": name, "expected": expected, "found": found, "ok": expected == found}
            for name, expected, found in checks]
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        if probe in container:
-            path = container[probe]["httpGet"]["path"]
-            out.append({"check": f"{probe} path exists in the app", "expected": True, "found": path in routes,
-                        "ok": path in routes})
+    for probe in PROBES:
+        if probe in container or probe in REQUIRED_PROBES:
+            problem = probe_problem(container, probe, routes)
+            out.append({"check": f"{probe} path exists in the app", "expected": "no problem",
+                        "found": problem or "no problem", "ok": problem is None})
     return out
 
 
@@ -149,14 +346,17 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n-- 3. hadolint Dockerfile --")
     lint = lint_dockerfile()
     print(f"  {lint['output']}")
+    facts = dockerfile_facts()
+    user = f"USER {facts['user']}" if facts["user"] else "no USER"
+    print(f"  the image: {user} ({'non-root' if facts['non_root'] else 'runs as ROOT'}), "
+          f"HEALTHCHECK {'yes' if facts['healthcheck'] else 'NONE'}, PORT {facts['port']}, {facts['stages']} stages")
 
     print("\n-- 4. Do the manifests, the image and the app agree? --")
-    facts = dockerfile_facts()
     checks = consistency(resources, facts, app_routes())
     for c in checks:
         print(f"  {'ok ' if c['ok'] else 'BAD'} {c['check']:<40} expected {c['expected']!s:<16} found {c['found']}")
     passed = sum(c["ok"] for c in checks)
-    ok = schemas["ok"] and lint["ok"] and passed == len(checks)
+    ok = schemas["ok"] and lint["ok"] and passed == len(checks) and facts["healthcheck"]
     print(f"\nResult: {'all checks pass' if ok else 'PROBLEMS above'}: {len(resources)} resources valid "
           f"({'yes' if schemas['ok'] else 'NO'}), Dockerfile lint {'clean' if lint['ok'] else 'FAILED'}, "
           f"{passed}/{len(checks)} cross-checks. Deploy: kubectl apply -k {k8s_dir.relative_to(ROOT)}")
@@ -174,6 +374,8 @@ def check(metrics: dict) -> list[str]:
         problems.append("kubernetes-validate --strict failed")
     if not metrics.get("dockerfile_lint", {}).get("ok"):
         problems.append("hadolint found problems in the Dockerfile")
+    if not metrics.get("dockerfile", {}).get("healthcheck"):
+        problems.append("the Dockerfile has no HEALTHCHECK")
     bad = [c["check"] for c in metrics.get("cross_checks", []) if not c["ok"]]
     if bad or not metrics.get("cross_checks"):
         problems.append(f"cross-checks failed: {', '.join(bad) or 'none ran'}")
