@@ -43,6 +43,42 @@ class Saturated(Exception):
     """Too much work in flight; the client should retry later."""
 
 
+async def gather_batch(queue: asyncio.Queue, max_batch: int, max_wait_s: float) -> list:
+    """The next micro-batch from ``queue``: 1 to ``max_batch`` items, oldest first.
+
+    1. Wait (as long as it takes) for the first item: an idle service sleeps here.
+    2. Take whatever else is already queued, without waiting, up to ``max_batch``:
+       the requests that arrived while the model was busy with the last batch.
+    3. While the batch is not full, wait for more, but only until
+       ``max_wait_s`` after the first item was taken: one deadline for the
+       whole batch, not a fresh wait per arrival (a steady trickle would
+       otherwise hold a batch open until it fills).  ``max_wait_s = 0``: no
+       waiting at all, step 2 only.
+
+    Return as soon as the batch is full or the deadline passes, whichever is
+    first: a full batch waiting out its window only adds latency.  Each item
+    is taken once, in queue order; the rest stay queued for the next batch.
+    """
+    # EXERCISE p3-serve.3: gather a micro-batch
+    # hint: block for the first item; take what is queued; then asyncio.wait_for(queue.get(), time left) until one deadline
+    batch = [await queue.get()]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait_s
+    while len(batch) < max_batch:
+        if not queue.empty():
+            batch.append(queue.get_nowait())
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), remaining))
+        except asyncio.TimeoutError:
+            break
+    return batch
+    # END EXERCISE
+
+
 class MicroBatcher:
     def __init__(self, predict: Predict, *, enabled: bool = True, max_batch: int = 32, max_wait_ms: float = 0.0,
                  max_queue: int = 256, on_batch: Callable[[int], None] | None = None):
@@ -57,6 +93,7 @@ class MicroBatcher:
         self.worker: asyncio.Task | None = None
         self.pending = 0          # images accepted and not yet answered
         self.closing = False
+        self.failure: Exception | None = None   # why the worker stopped, if it did
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -75,6 +112,8 @@ class MicroBatcher:
                 self.on_batch(len(images))
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self.executor, self.predict, images)
+            if self.failure is not None:
+                raise self.failure
             loop = asyncio.get_running_loop()
             futures = []
             for row in images:
@@ -87,30 +126,15 @@ class MicroBatcher:
         finally:
             self.pending -= len(images)
 
-    async def _collect(self) -> list:
-        """Block for the first item, then gather more until the batch is full or the wait runs out."""
-        batch = [await self.queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            if not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-                continue
-            if self.max_wait_s <= 0:
-                break
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except asyncio.TimeoutError:
-                break
-        return batch
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            try:
+                batch = await gather_batch(self.queue, self.max_batch, self.max_wait_s)
+            except Exception as exc:   # the worker cannot go on: fail what waits, and what comes, at once
+                self.failure = exc
+                self._fail_queued(exc)
+                return
             rows = np.stack([row for row, _ in batch])
             self.on_batch(len(batch))
             try:
@@ -123,6 +147,12 @@ class MicroBatcher:
             for (_, future), p in zip(batch, probabilities):
                 if not future.done():   # the client may have gone away
                     future.set_result(p)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while not self.queue.empty():
+            _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(exc)
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop accepting, finish what was accepted, stop the worker."""

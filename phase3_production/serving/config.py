@@ -48,7 +48,7 @@ class Settings:
     feedback_window: int = 500              # live accuracy over the last N labelled predictions
     drift_window: int = 200                 # requests compared with the reference
     drift_check_every: int = 25
-    drift_alpha: float = 1e-4               # per check, family-wise (Bonferroni inside the KS family)
+    drift_alpha: float = 1e-4               # per check, family-wise (Holm inside the KS family)
     allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
 
     @classmethod

@@ -22,6 +22,28 @@ import math
 import numpy as np
 
 
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic D: the largest gap between the two empirical CDFs.
+
+    The empirical CDF of a sample is ``F(x) = (number of values <= x) / size``:
+    a staircase from 0 to 1 that steps up at each value (by 2/size where a
+    value occurs twice).  D is the largest vertical distance between the
+    staircases of ``a`` and ``b``, over every x.  Both are flat between data
+    points, so it is enough to look at the values of both samples, each
+    staircase read *after* all copies of that value are counted.  D lies in
+    0..1 and needs no equal sizes: a window of 200 is compared with 2,000
+    reference values.
+    """
+    # EXERCISE p3-monitor.1: the Kolmogorov-Smirnov statistic
+    # hint: read both empirical CDFs at every value of either sample (np.searchsorted on sorted samples); D is the largest gap
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / len(a)
+    cdf_b = np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+    # END EXERCISE
+
+
 def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Two-sample KS statistic and its p-value from the limiting (Kolmogorov) distribution.
 
@@ -29,14 +51,10 @@ def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     distribution; at a window of 200 against 2,000 the two differ in the
     second significant digit, far below what moves a decision at 1e-4.
     """
-    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
     n, m = len(a), len(b)
     if n == 0 or m == 0:
         raise ValueError("both samples need at least one value")
-    grid = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, grid, side="right") / n
-    cdf_b = np.searchsorted(b, grid, side="right") / m
-    d = float(np.abs(cdf_a - cdf_b).max())
+    d = ks_statistic(a, b)
     return d, kolmogorov_sf(math.sqrt(n * m / (n + m)) * d)
 
 
@@ -100,9 +118,28 @@ def chi_square(observed: np.ndarray, expected_share: np.ndarray, floor: float = 
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, floor: float = 1e-4) -> float:
-    """Population stability index of ``current`` against ``reference``, on the reference's quantile bins."""
+    """Population stability index of ``current`` against ``reference``, on the reference's quantile bins.
+
+    1. **Bins from the reference**: ``bins - 1`` edges at the reference's
+       1/bins, 2/bins, ... quantiles (``np.quantile``; repeated edges merged),
+       so each bin holds an equal share of the reference.  The two outer bins
+       are open: a live value beyond the reference's range still counts, in
+       the first or the last bin (these are the values that matter most).
+    2. **Shares**: p, the reference's share in each bin; q, the current's.
+    3. **No empty bin**: a share below ``floor`` is raised to ``floor``, or
+       ``ln(q / p)`` is infinite the moment one bin is empty.
+    4. ``PSI = sum over bins of (q - p) * ln(q / p)``: 0 when the shares agree,
+       each term positive.
+
+    The bins come from the reference because they define what "the same"
+    means; bins fitted to the live data would move with the very shift they
+    are meant to measure.
+    """
+    # EXERCISE p3-monitor.2: the population stability index
+    # hint: edges from the reference's quantiles only; np.searchsorted puts each value in its bin; no share below floor
     edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
     p = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / len(reference)
     q = np.bincount(np.searchsorted(edges, current, side="right"), minlength=len(edges) + 1) / len(current)
     p, q = np.maximum(p, floor), np.maximum(q, floor)
     return float(((q - p) * np.log(q / p)).sum())
+    # END EXERCISE

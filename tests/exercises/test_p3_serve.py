@@ -1,0 +1,411 @@
+"""Checks for p3-serve's exercises (``make check M=p3-serve``), and the mistakes they must catch.
+
+The expected answers are written here, independently of the code under test:
+the status and error code of each hostile upload from the API's table, the
+model input by torch's own permute and arithmetic, and the batches by
+counting what a queue holds.  The micro-batcher's checks run on a fresh
+event loop (``asyncio.run``) with waits of milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ml60.grading import exercise, expect, wrong_answer
+from phase3_production.serving import batcher, images
+
+ALLOWED = ("PNG", "JPEG", "WEBP", "BMP")
+
+
+def encoded(fmt: str, size=(16, 12), mode="RGB", seed: int = 0) -> bytes:
+    """A small image of random pixels (noise does not compress: sizes are predictable)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    shape = (height, width, 3) if mode == "RGB" else (height, width)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header that declares ``width x height`` RGB pixels, followed by almost no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def admit(name: str, data: bytes, *, max_pixels: int = 1_000_000, max_bytes: int = 1_000_000):
+    """``(status, code)`` when open_checked refuses the upload, else the image it returned.
+
+    Any other exception is what the route would turn into a 500: the check fails on it.
+    """
+    try:
+        return images.open_checked(data, allowed=ALLOWED, max_pixels=max_pixels, max_bytes=max_bytes)
+    except images.ImageRejected as exc:
+        return exc.status, exc.code
+    except NotImplementedError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - anything but ImageRejected is the service's failure
+        expect(False, f"{name}: open_checked let {type(exc).__name__} ({exc}) escape, and the service answers "
+                      "500 (its own fault) to a hostile upload: every failure must be an ImageRejected with its "
+                      "4xx; is Pillow's decoding done with decode() (inside a try), not a bare image.load()?")
+
+
+def expect_refused(name: str, data: bytes, status: int, code: str, advice: str, **limits) -> None:
+    got = admit(name, data, **limits)
+    if isinstance(got, Image.Image):
+        expect(False, f"{name}: accepted (a {got.format} image of {got.size[0]}x{got.size[1]}), expected a {status} "
+                      f"{code}: {advice}")
+    expect(got == (status, code), f"{name}: refused with {got[0]} {got[1]}, expected {status} {code}: {advice}")
+
+
+# --------------------------------------------------------------------------- p3-serve.1 refuse a hostile upload
+
+
+@exercise("p3-serve.1")
+def test_open_checked_accepts_the_allowed_formats_and_decodes_them():
+    for fmt in ("PNG", "JPEG", "BMP"):
+        image = admit(f"a 16x12 {fmt}", encoded(fmt))
+        expect(isinstance(image, Image.Image), f"a valid 16x12 {fmt} was refused with {image}: {fmt} is allowed")
+        expect(image.size == (16, 12), f"a 16x12 {fmt} came back as {image.size}: return the image as decoded")
+    grey = admit("a 16x12 greyscale PNG", encoded("PNG", mode="L"))
+    expect(isinstance(grey, Image.Image), f"a greyscale PNG was refused with {grey}: any mode is fine here "
+                                          "(to_rgb converts it later)")
+
+
+@exercise("p3-serve.1")
+def test_open_checked_sniffs_the_format_from_the_bytes():
+    expect_refused("a GIF", encoded("GIF"), 415, "unsupported_format",
+                   "GIF is not in the allowed list; was the format left to Pillow's guess? Sniff it from the first "
+                   "bytes (sniff_format) and answer 415 unsupported_format for a known format outside `allowed`")
+    expect_refused("a TIFF", encoded("TIFF"), 415, "unsupported_format",
+                   "TIFF is a known format outside `allowed`: 415 unsupported_format")
+    expect_refused("plain text", b"hello, this is text, not pixels" * 4, 400, "not_an_image",
+                   "no image signature in the first bytes: 400 not_an_image")
+    expect_refused("an empty upload", b"", 400, "empty_image", "no bytes at all: 400 empty_image, checked first")
+
+
+@exercise("p3-serve.1")
+def test_open_checked_enforces_the_limits_before_decoding():
+    big = encoded("PNG", size=(64, 64))
+    expect_refused(f"a {len(big):,}-byte PNG with max_bytes=2,000", big, 413, "image_too_large",
+                   "the file is over max_bytes: 413 image_too_large", max_bytes=2_000)
+    expect_refused("a complete 1,200 x 1,000 PNG with max_pixels=1,000,000", encoded("PNG", (1200, 1000), "L"),
+                   413, "too_many_pixels", "width x height is over max_pixels: 413 too_many_pixels",
+                   max_bytes=4_000_000)
+    expect_refused("a PNG header declaring 3,000 x 3,000 pixels with almost no data", png_declaring(3000, 3000),
+                   413, "too_many_pixels",
+                   "count the pixels from the header, before decode(): decoding first spends the memory a "
+                   "decompression bomb asks for (here it fails on the missing data, so the answer is wrong too)")
+
+
+@exercise("p3-serve.1")
+def test_open_checked_turns_damaged_data_into_a_400():
+    png = encoded("PNG", size=(32, 32))
+    expect_refused("a PNG cut at 60%", png[: len(png) * 3 // 5], 400, "corrupt_image",
+                   "the header is fine but the pixel data stops early: decode() fully, and it is a "
+                   "400 corrupt_image (an image that is only opened, never decoded, fails later, as a 500)")
+    expect_refused("a PNG signature followed by zeros", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, 400, "corrupt_image",
+                   "read_header cannot parse it: 400 corrupt_image")
+
+
+@wrong_answer("p3-serve.1", diagnosis="count the pixels from the header, before decode()")
+def open_checked_decodes_before_counting_pixels(data, *, allowed=ALLOWED, max_pixels=4096 * 4096,
+                                                max_bytes=4 * 1024 * 1024):
+    """The image is decoded first and its size checked after: a decompression bomb is expanded in memory."""
+    if not data:
+        raise images.ImageRejected(400, "empty_image", "empty")
+    if len(data) > max_bytes:
+        raise images.ImageRejected(413, "image_too_large", "too large")
+    kind = images.sniff_format(data)
+    if kind is None:
+        raise images.ImageRejected(400, "not_an_image", "not an image")
+    if kind not in allowed:
+        raise images.ImageRejected(415, "unsupported_format", "format")
+    image = images.read_header(data, kind)
+    images.decode(image, kind)
+    if image.size[0] * image.size[1] > max_pixels:
+        raise images.ImageRejected(413, "too_many_pixels", "pixels")
+    return image
+
+
+@wrong_answer("p3-serve.1", diagnosis="was the format left to Pillow's guess?")
+def open_checked_trusts_pillow(data, *, allowed=ALLOWED, max_pixels=4096 * 4096, max_bytes=4 * 1024 * 1024):
+    """Pillow is asked to open whatever the bytes are: every decoder it has sees them, GIF and TIFF included."""
+    if not data:
+        raise images.ImageRejected(400, "empty_image", "empty")
+    if len(data) > max_bytes:
+        raise images.ImageRejected(413, "image_too_large", "too large")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception as exc:   # noqa: BLE001
+        raise images.ImageRejected(400, "not_an_image", "not an image") from exc
+    if image.size[0] * image.size[1] > max_pixels:
+        raise images.ImageRejected(413, "too_many_pixels", "pixels")
+    images.decode(image, image.format)
+    return image
+
+
+@wrong_answer("p3-serve.1", diagnosis="not a bare image.load()")
+def open_checked_loads_outside_a_try(data, *, allowed=ALLOWED, max_pixels=4096 * 4096, max_bytes=4 * 1024 * 1024):
+    """The pixels are decoded with a bare image.load(): a truncated upload raises OSError, a 500."""
+    if not data:
+        raise images.ImageRejected(400, "empty_image", "empty")
+    if len(data) > max_bytes:
+        raise images.ImageRejected(413, "image_too_large", "too large")
+    kind = images.sniff_format(data)
+    if kind is None:
+        raise images.ImageRejected(400, "not_an_image", "not an image")
+    if kind not in allowed:
+        raise images.ImageRejected(415, "unsupported_format", "format")
+    image = images.read_header(data, kind)
+    if image.size[0] * image.size[1] > max_pixels:
+        raise images.ImageRejected(413, "too_many_pixels", "pixels")
+    image.load()
+    return image
+
+
+# --------------------------------------------------------------------------- p3-serve.2 preprocessing as in training
+
+MEAN = np.array([0.49, 0.48, 0.45], np.float32).reshape(3, 1, 1)
+STD = np.array([0.25, 0.24, 0.26], np.float32).reshape(3, 1, 1)
+
+
+def torch_reference(rgb: np.ndarray) -> np.ndarray:
+    """What training fed the network: a channels-first float tensor in 0..1, normalised per channel."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    return ((x - torch.from_numpy(MEAN)) / torch.from_numpy(STD)).numpy()
+
+
+@exercise("p3-serve.2")
+def test_to_model_input_matches_the_training_preprocessing():
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)     # H=4, W=5, C=3: every axis its own size
+    try:
+        x = images.to_model_input(rgb, MEAN, STD)
+    except NotImplementedError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - a shape error is the diagnosis, not a crash of the check
+        expect(False, f"to_model_input raised {type(exc).__name__} ({exc}) on a (4, 5, 3) image with mean and "
+                      "std shaped (3, 1, 1): move the channel axis first before subtracting the mean")
+    expected = torch_reference(rgb)
+    x = np.asarray(x)
+    if x.shape == (4, 5, 3):
+        expect(False, "the output is still (H, W, C) = (4, 5, 3): the model takes channels first, (C, H, W); "
+                      "transpose(2, 0, 1)")
+    expect(x.shape == (3, 4, 5), f"a (4, 5, 3) image should become (3, 4, 5), got {x.shape}")
+    expect(x.dtype == np.float32, f"dtype {x.dtype}: ONNX Runtime's input is float32")
+    error = float(np.abs(x - expected).max())
+    if error < 1e-5:
+        return
+    chw = rgb.transpose(2, 0, 1).astype(np.float64)
+    scrambled = rgb.reshape(3, 4, 5).astype(np.float64) / 255
+    candidates = {
+        "the pixels were not divided by 255: training scaled them to 0..1 first":
+            (chw - MEAN) / STD,
+        "the pixels are scrambled: reshape(C, H, W) keeps the bytes in H, W, C order; transpose moves the axis":
+            (scrambled - MEAN) / STD,
+        "mean and std are swapped: (x - mean) / std, not (x - std) / mean":
+            (chw / 255 - STD) / MEAN,
+        "this is the inverse of the normalisation, x * std + mean: it is (x - mean) / std":
+            chw / 255 * STD + MEAN,
+    }
+    for diagnosis, wrong in candidates.items():
+        expect(np.abs(x - wrong).max() > 1e-4, diagnosis)
+    expect(False, f"the model input differs from training's preprocessing by up to {error:.3g}: "
+                  "x = (pixels / 255 - mean) / std, channels first")
+
+
+@exercise("p3-serve.2")
+def test_to_model_input_keeps_each_channel_with_its_own_statistics():
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 128, 0        # pure colours: red 1.0, green ~0.5, blue 0
+    try:
+        x = np.asarray(images.to_model_input(rgb, MEAN, STD))
+    except NotImplementedError:
+        raise
+    except Exception as exc:   # noqa: BLE001
+        expect(False, f"to_model_input raised {type(exc).__name__} ({exc}) on a (2, 3, 3) image: "
+                      "move the channel axis first before subtracting the mean")
+    expect(x.shape == (3, 2, 3), f"a (2, 3, 3) image should become (3, 2, 3), got {x.shape}: channels first")
+    for c, level in enumerate((255, 128, 0)):
+        want = (level / 255 - MEAN[c, 0, 0]) / STD[c, 0, 0]
+        expect(np.allclose(x[c], want, atol=1e-5),
+               f"channel {c} should be ({level}/255 - {MEAN[c, 0, 0]:.2f}) / {STD[c, 0, 0]:.2f} = {want:.4f} "
+               f"everywhere, got {np.unique(x[c].round(4)).tolist()}: is each channel normalised with its own "
+               "mean and std, after moving the channel axis first?")
+
+
+@wrong_answer("p3-serve.2", diagnosis="were not divided by 255")
+def to_model_input_without_scaling(rgb, mean, std):
+    """The 0..255 pixels are normalised directly: the model sees values 255 times too large."""
+    return np.ascontiguousarray((rgb.astype(np.float32).transpose(2, 0, 1) - mean) / std, dtype=np.float32)
+
+
+@wrong_answer("p3-serve.2", diagnosis="reshape(C, H, W) keeps the bytes")
+def to_model_input_reshaped(rgb, mean, std):
+    """reshape instead of transpose: the shape is right, the pixels are scrambled across channels."""
+    pixels = rgb.astype(np.float32).reshape(rgb.shape[2], rgb.shape[0], rgb.shape[1]) / 255.0
+    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+
+
+@wrong_answer("p3-serve.2", diagnosis="mean and std are swapped")
+def to_model_input_mean_std_swapped(rgb, mean, std):
+    """The statistics are used the wrong way round: (x - std) / mean."""
+    pixels = rgb.astype(np.float32).transpose(2, 0, 1) / 255.0
+    return np.ascontiguousarray((pixels - std) / mean, dtype=np.float32)
+
+
+@wrong_answer("p3-serve.2", diagnosis="still (H, W, C)")
+def to_model_input_channels_last(rgb, mean, std):
+    """The channel axis stays last, as Pillow delivers it, and the statistics are broadcast along it."""
+    return np.ascontiguousarray((rgb.astype(np.float32) / 255.0 - mean.reshape(-1)) / std.reshape(-1),
+                                dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- p3-serve.3 gather a micro-batch
+
+
+def run_gather(queue_items, max_batch: int, max_wait_s: float, producer=None, limit_s: float = 2.0):
+    """Run gather_batch once on a fresh event loop: (batch, seconds taken, items left in the queue).
+
+    ``producer(queue)`` is a coroutine started beside it, to add items later.
+    A call that has not returned after ``limit_s`` fails the check.
+    """
+    async def scenario():
+        queue = asyncio.Queue()
+        for item in queue_items:
+            queue.put_nowait(item)
+        feeder = asyncio.ensure_future(producer(queue)) if producer else None
+        start = time.perf_counter()
+        try:
+            batch = await asyncio.wait_for(batcher.gather_batch(queue, max_batch, max_wait_s), limit_s)
+        except asyncio.TimeoutError:
+            batch = None
+        taken = time.perf_counter() - start
+        if feeder:
+            feeder.cancel()
+        return batch, taken, queue.qsize()
+
+    batch, taken, left = asyncio.run(scenario())
+    expect(batch is not None, f"gather_batch(max_batch={max_batch}, max_wait_s={max_wait_s}) had not returned after "
+                              f"{limit_s} s with {len(queue_items)} items queued: does it wait for a full batch? "
+                              "Return when the batch is full or the deadline passes, whichever comes first")
+    expect(isinstance(batch, list), f"gather_batch returned a {type(batch).__name__}: return the items as a list")
+    return batch, taken, left
+
+
+def trickle(items, every_s: float, first_after_s: float = 0.0):
+    async def producer(queue):
+        await asyncio.sleep(first_after_s)
+        for item in items:
+            queue.put_nowait(item)
+            await asyncio.sleep(every_s)
+    return producer
+
+
+@exercise("p3-serve.3")
+def test_gather_batch_takes_what_is_queued_up_to_max_batch():
+    batch, taken, left = run_gather(range(10), max_batch=4, max_wait_s=0.0)
+    expect(len(batch) <= 4, f"10 queued items and max_batch=4 gave a batch of {len(batch)}: stop at max_batch; "
+                            "the rest stay queued for the next batch")
+    expect(batch == [0, 1, 2, 3] and left == 6,
+           f"10 queued items, max_batch=4: expected [0, 1, 2, 3] with 6 left in the queue, got {batch} with "
+           f"{left} left: take the oldest first, each once")
+    batch, taken, left = run_gather(range(3), max_batch=8, max_wait_s=0.0)
+    expect(batch == [0, 1, 2], f"3 queued items, max_batch=8, max_wait_s=0: expected all 3 at once, got {batch}: "
+                               "with max_wait_s = 0 take what is queued now and return")
+    expect(taken < 0.2, f"3 queued items with max_wait_s=0 took {1000 * taken:.0f} ms: with no wait allowed, "
+                        "return as soon as the queue is empty")
+
+
+@exercise("p3-serve.3")
+def test_gather_batch_waits_for_the_first_item():
+    batch, taken, _ = run_gather([], max_batch=8, max_wait_s=0.0, producer=trickle(["a"], 1.0, first_after_s=0.03))
+    expect(batch == ["a"], f"an empty queue, then one item after 30 ms: expected ['a'], got {batch}: block on "
+                           "`await queue.get()` for the first item (an idle worker sleeps there; it never returns "
+                           "an empty batch)")
+    expect(taken >= 0.02, f"returned after {1000 * taken:.0f} ms, before the first item arrived at 30 ms")
+
+
+@exercise("p3-serve.3")
+def test_gather_batch_returns_a_full_batch_at_once():
+    batch, taken, left = run_gather(range(6), max_batch=4, max_wait_s=0.5)
+    expect(batch == [0, 1, 2, 3] and left == 2, f"6 queued, max_batch=4: expected [0, 1, 2, 3] and 2 left, got "
+                                                f"{batch} and {left} left")
+    expect(taken < 0.25, f"a batch that was full at once still took {1000 * taken:.0f} ms (max_wait_s = 500 ms): "
+                         "the batch waited out its window though it was full; the wait is for company, "
+                         "so stop as soon as len(batch) == max_batch")
+
+
+@exercise("p3-serve.3")
+def test_gather_batch_waits_up_to_max_wait_for_company():
+    batch, taken, _ = run_gather(["a"], max_batch=8, max_wait_s=0.15,
+                                 producer=trickle(["b", "c"], 0.02, first_after_s=0.02))
+    expect(batch == ["a", "b", "c"],
+           f"one item queued, two more arriving at 20 and 40 ms, max_wait_s = 150 ms: expected ['a', 'b', 'c'], got "
+           f"{batch}: it never waits for company; after taking what is queued, await more "
+           "(asyncio.wait_for(queue.get(), time left)) until the deadline")
+    expect(0.1 <= taken < 0.6, f"took {1000 * taken:.0f} ms: with the batch not full, it should return at the "
+                               "deadline, 150 ms after the first item")
+
+
+@exercise("p3-serve.3")
+def test_gather_batch_has_one_deadline_per_batch():
+    batch, taken, _ = run_gather(["first"], max_batch=100, max_wait_s=0.1,
+                                 producer=trickle(range(40), 0.025, first_after_s=0.025))
+    expect(taken < 0.45, f"one item every 25 ms with max_wait_s = 100 ms: the batch closed after "
+                         f"{1000 * taken:.0f} ms with {len(batch)} items, expected about 100 ms and 4 or 5 items: "
+                         "the wait restarts with every arrival, so a steady trickle holds the batch open; "
+                         "set one deadline, max_wait_s after the first item, and wait only for the time left")
+    expect(2 <= len(batch) <= 10, f"one item every 25 ms for 100 ms gave a batch of {len(batch)}, expected about 5")
+
+
+@wrong_answer("p3-serve.3", diagnosis="the batch waited out its window though it was full")
+async def gather_waits_out_the_window(queue, max_batch, max_wait_s):
+    """Every batch sleeps max_wait_s before it looks at the queue, full or not."""
+    batch = [await queue.get()]
+    await asyncio.sleep(max_wait_s)
+    while len(batch) < max_batch and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch
+
+
+@wrong_answer("p3-serve.3", diagnosis="it never waits for company")
+async def gather_never_waits(queue, max_batch, max_wait_s):
+    """Only what is queued already is taken: max_wait_s is ignored."""
+    batch = [await queue.get()]
+    while len(batch) < max_batch and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch
+
+
+@wrong_answer("p3-serve.3", diagnosis="the wait restarts with every arrival")
+async def gather_restarts_the_wait(queue, max_batch, max_wait_s):
+    """Each new item gets a fresh max_wait_s: the deadline moves with every arrival."""
+    batch = [await queue.get()]
+    while len(batch) < max_batch:
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), max_wait_s) if queue.empty() else queue.get_nowait())
+        except asyncio.TimeoutError:
+            break
+    return batch
+
+
+@wrong_answer("p3-serve.3", diagnosis="stop at max_batch")
+async def gather_ignores_max_batch(queue, max_batch, max_wait_s):
+    """Everything queued is taken, however many: the model gets batches larger than it was sized for."""
+    batch = [await queue.get()]
+    while not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch
