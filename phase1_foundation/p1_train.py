@@ -47,9 +47,25 @@ QUICK_TARGET_ACCURACY = 0.80
 MNIST_MEAN, MNIST_STD = PUBLISHED_STATS["mnist"]  # what the seed recipe normalises with
 
 
+def seed_transform():
+    """What every MNIST image goes through before the model sees it: a PIL image in, a normalised tensor out.
+
+    ``ToTensor`` turns the 28x28 uint8 image into a float tensor of shape
+    (1, 28, 28) with values in [0, 1] (it divides by 255); ``Normalize``
+    then subtracts the mean and divides by the standard deviation of the
+    training pixels, published as 0.1307 and 0.3081 (``MNIST_MEAN``,
+    ``MNIST_STD``), so that the inputs are centred on 0 with a spread of
+    about 1: the scale the default weight initialisation expects.
+    """
+    # EXERCISE p1-train.1: ToTensor, then Normalize
+    # hint: transforms.Compose of two steps, in that order; the statistics are MNIST_MEAN and MNIST_STD
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)])
+    # END EXERCISE
+
+
 def seed_datasets(data, data_dir, quick: bool, seed: int):
     """The seed's datasets: torchvision MNIST when the real files are there, else the same interface."""
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)])
+    transform = seed_transform()
     if data.real:
         from torchvision.datasets import MNIST
 
@@ -66,8 +82,55 @@ def seed_datasets(data, data_dir, quick: bool, seed: int):
     return train_ds, test_ds
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+               x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on one batch; returns the batch's logits and its loss (both before the step).
+
+    Five lines, always in this order:
+
+    1. ``optimizer.zero_grad()``: ``backward`` *adds* to ``.grad``, so last
+       step's gradients must go first (p1-autograd showed why);
+    2. the forward pass: ``logits = model(x)``, raw scores, one row per image;
+    3. the loss: ``criterion(logits, y)``.  ``nn.CrossEntropyLoss`` applies
+       log-softmax itself, so it takes the raw logits;
+    4. ``loss.backward()`` fills every parameter's ``.grad``;
+    5. ``optimizer.step()`` moves the parameters using those gradients.
+
+    The loss comes back as a tensor, not a float: reading it with ``.item()``
+    makes the CPU wait for the GPU, so the caller decides when that is worth it.
+    """
+    # EXERCISE p1-train.2: one training step
+    # hint: zero_grad, forward, loss, backward, step; CrossEntropyLoss wants raw logits, not probabilities
+    optimizer.zero_grad()
+    logits = model(x)
+    loss = criterion(logits, y)
+    loss.backward()
+    optimizer.step()
+    return logits.detach(), loss.detach()
+    # END EXERCISE
+
+
 def evaluate(model: nn.Module, loader, device) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and all predictions, in eval mode and without gradients."""
+    """Mean loss, accuracy and all predictions over everything ``loader`` yields.
+
+    Three things make an evaluation honest:
+
+    * ``model.eval()``: dropout stops dropping and BatchNorm uses the running
+      statistics it learnt, instead of the batch's own (and stops updating
+      them).  The model stays in eval mode afterwards: the next training
+      epoch starts with ``model.train()``;
+    * no gradients (``torch.no_grad()`` or ``torch.inference_mode()``): no
+      autograd graph is built, so it is faster and uses less memory;
+    * figures over the whole set, not averaged per batch: the last batch is
+      usually smaller (10,000 test images in batches of 64 end with 16), so
+      sum the per-example losses and count the correct predictions, then
+      divide once by the number of examples.
+
+    Returns ``(mean loss, accuracy, predictions)``; the predictions are the
+    argmax classes, on the CPU, in the loader's order.
+    """
+    # EXERCISE p1-train.3: evaluation over the whole set
+    # hint: model.eval() and torch.no_grad(); sum losses (reduction="sum") and count correct, divide once at the end
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     total_loss, predictions, labels = 0.0, [], []
@@ -80,6 +143,7 @@ def evaluate(model: nn.Module, loader, device) -> tuple[float, float, torch.Tens
             labels.append(y.cpu())
     predictions, labels = torch.cat(predictions), torch.cat(labels)
     return total_loss / len(labels), (predictions == labels).float().mean().item(), predictions
+    # END EXERCISE
 
 
 def train_seed_recipe(train_ds, test_ds, *, epochs: int, device, seed: int) -> tuple[nn.Module, list, torch.Tensor]:
@@ -97,11 +161,7 @@ def train_seed_recipe(train_ds, test_ds, *, epochs: int, device, seed: int) -> t
         running_loss, correct, seen = 0.0, 0, 0
         for x, y in train_loader:
             x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            logits = model(x)
-            loss = criterion(logits, y)
-            loss.backward()
-            optimizer.step()
+            logits, loss = train_step(model, optimizer, criterion, x, y)
             running_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -134,9 +194,7 @@ def train_for_budget(model: nn.Module, train_loader: TensorLoader, test_loader: 
             elapsed = min(1.0, (spent + time.perf_counter() - start) / budget_s)
             for group in optimizer.param_groups:
                 group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * elapsed))
-            optimizer.zero_grad()
-            criterion(model(x), y).backward()
-            optimizer.step()
+            train_step(model, optimizer, criterion, x, y)
             steps += 1
             if spent + time.perf_counter() - start >= budget_s:
                 break
