@@ -63,7 +63,9 @@ RECIPES = {
     "quick": dict(widths="narrow", pool_first=True, epochs=2, batch_size=128, lr=0.1, weight_decay=5e-4,
                   label_smoothing=0.1, dropout=0.1, cutout=False, subset=(5000, 1000, 1000)),
 }
-TARGETS = {"cpu": 0.85, "gpu": 0.89, "ci": 0.45, "quick": 0.25}  # test accuracy; gpu: 0.89 on the JPEG copy
+# Test accuracy; gpu: 0.89 on the JPEG copy.  quick: twice chance.  Two epochs on 5,000 real images end at
+# 24.9-26.3% depending on the thread count (the float sums differ), so the old 25% failed some correct runs.
+TARGETS = {"cpu": 0.85, "gpu": 0.89, "ci": 0.45, "quick": 0.20}
 CPU_MINUTES_LIMIT = 60
 WARMUP_FRACTION = 0.3      # the one-cycle ramp: the first 30% of the steps
 
