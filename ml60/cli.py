@@ -39,7 +39,7 @@ def cmd_help() -> int:
                          ("make diff M=..", "your blocks against the reference"),
                          ("make exercises", "every exercise, where it is and its state"),
                          ("make mutate", "prove the checks: every stub and shipped wrong answer must fail them")):
-        print(f"  {target:<18} {text}")
+        print(f"  {target:<20} {text}")
     print("\nSet-up and checks:")
     for target, text in (("make quickstart", "install, then run every built milestone in quick mode"),
                          ("make test", "install, then run the pytest checks"),
@@ -47,7 +47,7 @@ def cmd_help() -> int:
                          ("make phase1|2|3", "run every built milestone of a phase"),
                          ("make bench", "speed benchmarks (see benchmarks/): bench-p1, bench-p2"),
                          ("make p3-load", "the p3 service under load, micro-batching on and off")):
-        print(f"  {target:<18} {text}")
+        print(f"  {target:<20} {text}")
     for phase, title in PHASE_TITLES.items():
         print(f"\n{title}")
         for m in in_phase(phase):

@@ -65,6 +65,35 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
+def quick_p2_cnn_run(tmp_path_factory) -> Path:
+    """One quick p2-cnn run for the session (``<runs>/p2-cnn/``): the later milestones' tests copy it."""
+    from phase2_depth import p2_cnn
+
+    runs = tmp_path_factory.mktemp("quick-p2-cnn")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ML60_RUNS_DIR", str(runs))
+    mp.setenv("ML60_OFFLINE", "1")
+    mp.setenv("ML60_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ml60-cache"))
+    mp.delenv("DATA_DIR", raising=False)
+    try:
+        p2_cnn.main(["--quick", "--device", "cpu"])
+    finally:
+        mp.undo()
+    return runs / "p2-cnn"
+
+
+@pytest.fixture
+def with_quick_p2_cnn(quick_p2_cnn_run, tmp_path, monkeypatch) -> Path:
+    """A runs folder of this test's own holding a copy of the session's quick p2-cnn run."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn")
+    monkeypatch.setenv("ML60_RUNS_DIR", str(runs))
+    return runs
+
+
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained but real exported CNN (fp32 + static INT8) with its manifest: seconds, no dataset."""
     import torch

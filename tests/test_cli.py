@@ -51,6 +51,10 @@ def test_unbuilt_milestone_says_so(capsys, monkeypatch):
 
 
 def test_progress_reports_runs_and_checks(tmp_path, monkeypatch, capsys):
+    """Runs, their checks and the exercises column (the grading itself is proven in tests/test_exercise_stubs.py)."""
+    from ml60 import grading
+
+    monkeypatch.setattr(grading, "solved_counts", lambda: {"p1-numpy": (2, 5)})
     monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
     built = [m for m in MILESTONES if m.built]
     if built:
@@ -61,6 +65,7 @@ def test_progress_reports_runs_and_checks(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for m in MILESTONES:
         assert m.id in out
+    assert "exercises solved" in out and "2/5" in out
     if built:
         assert "run folder damaged" in out
     assert ("not built yet" in out) == any(not m.built for m in MILESTONES)

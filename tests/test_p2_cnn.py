@@ -32,10 +32,13 @@ def test_multiply_adds_match_a_hand_count():
     assert parameter_count(model) == 5 * (9 + 2) + 2 + 2  # conv weights, BN gamma/beta, linear w+b
 
 
-def test_quick_run_writes_a_loadable_model(tmp_path):
-    metrics = p2_cnn.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu"])
+def test_quick_run_writes_a_loadable_model(quick_p2_cnn_run):
+    """The session's quick run (conftest), which the later milestones' tests also start from."""
+    from common.runs import read_metrics
+
+    metrics = read_metrics(quick_p2_cnn_run)
     assert p2_cnn.check(metrics) == []
-    model, blob = p2_cnn.load_model(tmp_path / "model.pt")
+    model, blob = p2_cnn.load_model(quick_p2_cnn_run / "model.pt")
     assert blob["classes"] and len(blob["mean"]) == 3 and blob["test_accuracy"] == metrics["test_accuracy"]
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     shares = metrics["step_breakdown"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from phase2_depth import evaluation, p2_cnn, p2_eval, p2_search
+from phase2_depth import evaluation, p2_eval, p2_search
 
 eval_mark = getattr(pytest.mark, "p2-eval")
 search_mark = getattr(pytest.mark, "p2-search")
@@ -38,9 +38,8 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy():
 
 
 @eval_mark
-def test_quick_eval_after_quick_cnn(tmp_path, monkeypatch):
-    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
-    p2_cnn.main(["--quick", "--device", "cpu"])
+def test_quick_eval_after_quick_cnn(with_quick_p2_cnn):
+    tmp_path = with_quick_p2_cnn
     metrics = p2_eval.main(["--quick", "--device", "cpu"])
     assert p2_eval.check(metrics) == []
     for name in ("confusion_matrix.png", "reliability.png", "misclassified.png", "report.txt", "metrics.json"):
@@ -71,11 +70,10 @@ def test_flip_averaging_mirrors_left_right_only():
 
 
 @eval_mark
-def test_eval_refuses_a_model_for_other_classes(tmp_path, monkeypatch):
-    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
-    p2_cnn.main(["--quick", "--device", "cpu"])
+def test_eval_refuses_a_model_for_other_classes(with_quick_p2_cnn):
     import torch
 
+    tmp_path = with_quick_p2_cnn
     path = tmp_path / "p2-cnn" / "model.pt"
     blob = torch.load(path, weights_only=True)
     blob["classes"] = [f"other-{i}" for i in range(10)]

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from phase2_depth import p2_cnn
 from phase3_production import p3_onnx
 from phase3_production.onnx_export import sha256_of, verify_onnx
 
@@ -14,14 +13,16 @@ pytestmark = getattr(pytest.mark, "p3-onnx")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, quick_p2_cnn_run):
+    import shutil
+
     runs = tmp_path_factory.mktemp("runs")
+    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn")
     mp = pytest.MonkeyPatch()
     mp.setenv("ML60_RUNS_DIR", str(runs))
     mp.setenv("ML60_OFFLINE", "1")
-    mp.setenv("ML60_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("ML60_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ml60-cache"))   # the session's, as conftest sets
     try:
-        p2_cnn.main(["--quick", "--device", "cpu"])
         metrics = p3_onnx.main(["--quick"])
     finally:
         mp.undo()
