@@ -75,10 +75,19 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     early_stopping_patience: int | None = None  # epochs without improvement
-    monitor: str = "val_accuracy"    # val_accuracy (higher is better) | val_loss (lower)
+    monitor: str = "val_accuracy"    # val_accuracy | train_accuracy (higher is better) | val_loss | train_loss (lower)
     log_every: int = 50              # steps between progress-bar loss reads
     checkpoint_every: int = 1        # epochs between last.pt writes (0: never)
     compile: bool = False            # torch.compile the model (GPU, long runs)
+
+    MONITORS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+
+    def __post_init__(self):
+        """Refuse a value that would otherwise be ignored: a misspelt ``monitor`` used to turn early stopping off."""
+        if self.monitor not in self.MONITORS:
+            raise ValueError(f"unknown monitor {self.monitor!r}; choose one of {', '.join(self.MONITORS)}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be at least 1 epoch, got {self.early_stopping_patience}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

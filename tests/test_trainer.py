@@ -132,6 +132,24 @@ def test_early_stopping_stops_when_validation_stalls():
     assert len(history) == 3
 
 
+@pytest.mark.parametrize("field, value, message", [("monitor", "val_acc", "unknown monitor 'val_acc'"),
+                                                   ("early_stopping_patience", 0, "at least 1 epoch")])
+def test_a_misspelt_setting_is_refused_not_ignored(field, value, message):
+    """A misspelt monitor used to match no history field, so early stopping never fired and no best.pt was written."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({field: value})
+
+
+def test_early_stopping_on_validation_loss():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 10))
+    config = TrainConfig(epochs=20, lr=0.0, early_stopping_patience=1, monitor="val_loss")
+    trainer = Trainer(model, config, device="cpu", announce=quiet, progress=False)
+    history = trainer.fit(loader(make_split(32)), loader(make_split(16, 4), shuffle=False, augment=False))
+    assert len(history) == 2
+
+
 @pytest.mark.parametrize("optimizer,schedule", [("sgd", "step"), ("adamw", "onecycle"), ("adam", "constant")])
 def test_optimisers_and_schedules_train(optimizer, schedule):
     config = TrainConfig(epochs=3, optimizer=optimizer, lr=0.01 if optimizer == "sgd" else 1e-3,
