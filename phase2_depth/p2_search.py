@@ -42,7 +42,6 @@ from phase2_depth.data import AUGMENT, add_dataset_argument, cifar_splits
 from phase2_depth.models import WIDTHS, FiveLayerCNN
 
 MILESTONE = "p2-search"
-STUDY_NAME = "p2-search"
 FULL = {"trials": 16, "epochs": 6, "subset": (15000, 5000, 10000), "final_epochs": 12}
 QUICK = {"trials": 4, "epochs": 2, "subset": (2000, 500, 1000), "final_epochs": 2}
 
@@ -207,16 +206,26 @@ def objective_factory(splits, epochs: int, device, seed: int):
     return objective
 
 
-def run_study(run_dir, splits, *, trials: int, epochs: int, device, seed: int):
+def study_name(*, quick: bool, real_data: bool, dataset: str) -> str:
+    """One study per kind of search, so that a resumed search only meets trials it can compare with.
+
+    Quick trials (2,000 images, 2 epochs, perhaps on stand-in data) scored far
+    below full ones; sharing one study let a full search resume on top of them
+    and its check compare against that mixed set.
+    """
+    return f"{MILESTONE}-{'quick' if quick else 'full'}-{dataset}-{'real' if real_data else 'stand-in'}"
+
+
+def run_study(run_dir, splits, *, trials: int, epochs: int, device, seed: int, name: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="maximize",
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=median_rule_pruner())
     before = len(study.trials)
     if before:
-        print(f"  resuming the study in {storage}: {before} trials already there")
+        print(f"  resuming the study {name!r} in {storage}: {before} trials already there")
 
     def show(study, trial):
         value = "pruned" if trial.state.name == "PRUNED" else (
@@ -299,7 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
     splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset, subset=plan["subset"])
     print(f"\n-- Search: {plan['trials']} trials x up to {plan['epochs']} epochs on {len(splits.train):,} training "
           f"images, scored on {len(splits.val):,} validation images --")
-    study = run_study(run_dir, splits, trials=plan["trials"], epochs=plan["epochs"], device=device, seed=args.seed)
+    name = study_name(quick=args.quick, real_data=splits.dataset.real, dataset=args.dataset)
+    study = run_study(run_dir, splits, trials=plan["trials"], epochs=plan["epochs"], device=device, seed=args.seed,
+                      name=name)
     rows = write_tables(study, run_dir)
     plot_trials(study, run_dir / "trials.png")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]

@@ -83,6 +83,22 @@ def test_eval_refuses_a_model_for_other_classes(with_quick_p2_cnn):
 
 
 @search_mark
+def test_a_full_search_never_resumes_quick_trials(tmp_path):
+    """Quick and full searches (and real versus stand-in data) keep separate studies in one study.db."""
+    import optuna
+
+    names = {p2_search.study_name(quick=q, real_data=r, dataset="cifar10") for q in (True, False) for r in (True, False)}
+    assert len(names) == 4
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    quick = optuna.create_study(study_name=p2_search.study_name(quick=True, real_data=False, dataset="cifar10"),
+                                storage=storage, direction="maximize")
+    quick.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.3))
+    full = p2_search.run_study(tmp_path, None, trials=0, epochs=1, device="cpu", seed=0,
+                               name=p2_search.study_name(quick=False, real_data=True, dataset="cifar10"))
+    assert full.trials == [] and len(optuna.load_study(study_name=quick.study_name, storage=storage).trials) == 1
+
+
+@search_mark
 def test_quick_search_chooses_on_validation_and_resumes(tmp_path):
     metrics = p2_search.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu", "--trials", "3"])
     assert p2_search.check(metrics) == []
