@@ -73,7 +73,6 @@ class Exercise:
     body_end: int           # index of the END EXERCISE line
     body: str               # the lines between header and END, joined with newlines
     function: str = ""      # "softmax_cross_entropy", or "MnistDataset.__getitem__" for a method
-    lines: list[str] = field(default_factory=list, repr=False)
     root: Path = ROOT       # the project the block was read from (a scratch copy in the proofs)
 
     @property
@@ -106,12 +105,16 @@ class Exercise:
         return "edited"
 
 
-def stub_body(ex: Exercise) -> str:
-    """What ``make exercise`` leaves between the header and END: one line that says what to do."""
+def stub_message(ex: Exercise) -> str:
+    """What the stub raises: the exercise, its hint, where the guide explains it, what to run next."""
     where = f" Read {ex.guide} first." if ex.guide else ""
     hint = f" Hint: {ex.hint.rstrip('.')}." if ex.hint else ""
-    message = f"{ex.id} ({ex.title}) is yours to write.{hint}{where} Then: make check M={ex.milestone}"
-    return f"{ex.indent}raise NotImplementedError({message!r})"
+    return f"{ex.id} ({ex.title}) is yours to write.{hint}{where} Then: make check M={ex.milestone}"
+
+
+def stub_body(ex: Exercise) -> str:
+    """What ``make exercise`` leaves between the header and END: one line that says what to do."""
+    return f"{ex.indent}raise NotImplementedError({stub_message(ex)!r})"
 
 
 def _same_code(a: str, b: str) -> bool:
@@ -167,7 +170,7 @@ def parse_text(text: str, relative: Path, root: Path = ROOT) -> list[Exercise]:
             id=start["id"], milestone=start["milestone"], number=int(start["number"]), title=start["title"],
             hint=hint, guide=guide or _default_guide(relative, start["id"]), path=relative, indent=start["indent"], body_start=header_end, body_end=end,
             body="\n".join(lines[header_end:end]), function=_enclosing_function(lines, i),
-            lines=lines, root=root))
+            root=root))
         i = end + 1
     return found
 

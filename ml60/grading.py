@@ -37,7 +37,7 @@ from typing import Callable
 
 import pytest
 
-from ml60.exercises import ROOT, Exercise, all_exercises, select
+from ml60.exercises import ROOT, Exercise, all_exercises, select, stub_message
 
 CHECKS_DIR = Path("tests") / "exercises"
 EXERCISE_ID_RE = re.compile(r"\b(p\d-[a-z]+\.\d+)\b")
@@ -131,17 +131,16 @@ class ReportPlugin:
         marker = item.get_closest_marker("exercise")
         if marker is None or (report.when != "call" and not report.failed):
             return
-        verdict = classify(marker.args[0], call.excinfo, item)
+        verdict = classify(marker.args[0], call.excinfo.value if call.excinfo else None)
         previous = self.verdicts.get(verdict.exercise_id)
         if previous is None or self.ORDER.index(verdict.status) > self.ORDER.index(previous.status):
             self.verdicts[verdict.exercise_id] = verdict
 
 
-def classify(exercise_id: str, excinfo, item=None) -> Verdict:
-    """What one check's outcome says about an exercise."""
-    if excinfo is None:
+def classify(exercise_id: str, error: BaseException | None) -> Verdict:
+    """What one check's outcome (None: it passed, else what it raised) says about an exercise."""
+    if error is None:
         return Verdict(exercise_id, "solved")
-    error = excinfo.value
     if isinstance(error, NotImplementedError):
         named = EXERCISE_ID_RE.search(str(error))
         if named and named.group(1) != exercise_id:
@@ -150,12 +149,12 @@ def classify(exercise_id: str, excinfo, item=None) -> Verdict:
     if isinstance(error, AssertionError):
         return Verdict(exercise_id, "wrong", str(error).strip().splitlines()[0] if str(error).strip() else
                        "a check failed without a message")
-    return Verdict(exercise_id, "error", f"{type(error).__name__}: {str(error).strip()[:200]}{_where(excinfo)}")
+    return Verdict(exercise_id, "error", f"{type(error).__name__}: {str(error).strip()[:200]}{_where(error)}")
 
 
-def _where(excinfo) -> str:
+def _where(error: BaseException) -> str:
     """The deepest traceback line inside the project's phase code: where the learner's code broke."""
-    frames = [f for f in traceback.extract_tb(excinfo.tb) if "phase" in Path(f.filename).parts[-2]]
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "phase" in Path(f.filename).parts[-2]]
     if not frames:
         return ""
     frame = frames[-1]
@@ -219,9 +218,9 @@ def solved_counts() -> dict[str, tuple[int, int]]:
     return {m: (s, t) for m, (s, t) in counts.items()}
 
 
-def verdicts_json() -> str:
-    """Every exercise's status as one JSON line (what ``make progress`` reads)."""
-    milestones = list(dict.fromkeys(ex.milestone for ex in all_exercises()))
+def verdicts_json(milestones: list[str] | None = None) -> str:
+    """Every exercise's status as one JSON line (``check-json``, what ``make progress`` reads)."""
+    milestones = milestones or list(dict.fromkeys(ex.milestone for ex in all_exercises()))
     return json.dumps({k: v.status for k, v in run_checks(milestones).items()})
 
 
@@ -291,9 +290,7 @@ def failures_with(ex: Exercise, replacement: Callable | None, modules: dict, tmp
 
 def stub_function(ex: Exercise) -> Callable:
     """A stand-in that raises exactly what the stub in the file would raise."""
-    import ast
-
-    message = ast.literal_eval(ex.stub().strip()[len("raise NotImplementedError("):-1])
+    message = stub_message(ex)
 
     def stub(*args, **kwargs):
         raise NotImplementedError(message)
