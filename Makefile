@@ -13,6 +13,8 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ml60-installed
+DEPLOY_STAMP := $(VENV)/.ml60-deploy-installed
+TEST_STAMP   := $(VENV)/.ml60-test-installed
 DEVICE  ?= auto
 QUICK   ?= 0
 ARGS    ?=
@@ -48,12 +50,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q -e .
 	@touch $(STAMP)
 
+# Tools beside the runtime (pyproject's extras): p3-deploy's validators, and the test tools.
+$(DEPLOY_STAMP): $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[deploy]'
+	@touch $(DEPLOY_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	@touch $(DEPLOY_STAMP) $(TEST_STAMP)
+
 install: $(STAMP)
 
-quickstart: $(STAMP)
+quickstart: $(DEPLOY_STAMP)
 	$(PY) -m ml60 quickstart
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 progress: $(STAMP)
@@ -64,7 +75,7 @@ exercises: $(STAMP)
 	@$(PY) -m ml60 exercises $(or $(M),all)
 
 # Every check proven able to fail: each exercise's stub and shipped wrong answers are mutants it must kill.
-mutate: $(STAMP)
+mutate: $(TEST_STAMP)
 	@$(PY) -m ml60 mutate $(or $(M),all)
 
 exercise check solution diff: $(STAMP)
@@ -73,6 +84,8 @@ exercise check solution diff: $(STAMP)
 
 $(MILESTONES): $(STAMP)
 	$(PY) -m ml60 run $@ $(QUICK_FLAG) $(ARGS)
+
+p3-deploy phase3: $(DEPLOY_STAMP)
 
 phase1 phase2 phase3: $(STAMP)
 	$(PY) -m ml60 phase $(subst phase,,$@) $(QUICK_FLAG) $(ARGS)
