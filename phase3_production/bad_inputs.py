@@ -44,6 +44,57 @@ def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def png_of_rows(width: int, height: int, row: bytes, *, bit_depth: int = 8, colour_type: int = 0) -> bytes:
+    """A valid PNG of ``height`` identical rows (``row`` is one row's raw bytes), built without the pixels in memory.
+
+    Identical rows compress about a thousandfold, which is what makes a
+    small file a bomb: the decoder must still expand every one of them.
+    ``colour_type``: 0 grey, 2 RGB, 4 grey + alpha, 6 RGBA (the PNG spec's numbers).
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    line = b"\x00" + row                                       # filter byte 0 ("none"), then the row
+    per_block = max(1, (1 << 20) // len(line))                 # about 1 MB of rows compressed at a time
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", repeated_deflate(line * per_block, height // per_block, line * (height % per_block)))
+            + chunk(b"IEND", b""))
+
+
+def repeated_deflate(block: bytes, times: int, tail: bytes) -> bytes:
+    """``zlib.compress(block * times + tail)``, compressing ``block`` only once.
+
+    After a full flush a deflate stream refers to nothing before it, so
+    compressing the same block again gives the same bytes: compress it
+    twice, repeat the second copy.  zlib's trailer is the Adler-32 checksum
+    of all the data, computed here block by block.
+    """
+    packer = zlib.compressobj(9)
+    first = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+    again = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+    body = (first + again * (times - 1)) if times else first[:2]   # first[:2]: the zlib header alone
+    checksum = 1
+    for _ in range(times):
+        checksum = zlib.adler32(block, checksum)
+    checksum = zlib.adler32(tail, checksum)
+    finisher = zlib.compressobj(9, zlib.DEFLATED, -15)          # a raw deflate stream: no header, no trailer
+    return body + finisher.compress(tail) + finisher.flush() + struct.pack(">I", checksum)
+
+
+def small_bombs(max_pixels: int) -> dict[str, bytes]:
+    """Small files that decode to much more, each within ``max_pixels``: what the decode pool must absorb.
+
+    * a strip, 1 pixel wide: Pillow pays per row, so it is the slowest to decode;
+    * a flat square greyscale PNG: a few kilobytes for ``max_pixels`` bytes;
+    * a flat square 16-bit RGBA PNG: the dearest PNG per pixel (8 bytes of source, 4 decoded, 4 more to filter).
+    """
+    side = int(max_pixels ** 0.5)
+    return {f"1 x {max_pixels:,} PNG strip": png_of_rows(1, max_pixels, b"\x80"),
+            f"flat {side}x{side} greyscale PNG": png_of_rows(side, side, b"\x80" * side),
+            f"flat {side}x{side} 16-bit RGBA PNG": png_of_rows(side, side, b"\x80\x00" * 4 * side, bit_depth=16,
+                                                               colour_type=6)}
+
+
 def cases(max_body_bytes: int, max_batch_files: int, max_pixels: int) -> list[Case]:
     png, jpeg = _image("PNG"), _image("JPEG", size=(256, 256))
     side = int(max_pixels ** 0.5) + 16
@@ -77,6 +128,8 @@ def cases(max_body_bytes: int, max_batch_files: int, max_pixels: int) -> list[Ca
         Case("batch sent as raw bytes", "/v1/predict/batch", png, raw, 415, "unsupported_media_type"),
         Case("multipart with a broken body", "/v1/predict", b"--xyz\r\nContent-Disposition: garbage\r\n\r\n",
              {"content-type": "multipart/form-data; boundary=xyz"}, 400, ""),
+        Case("a trailing slash with a foreign Host (no redirect that echoes it)", "/v1/predict/", png,
+             {**raw, "host": "evil.example"}, 404, "not_found"),
     ]
 
 

@@ -47,7 +47,60 @@ def read_manifest(manifest_path: Path) -> dict:
         raise ValueError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or "onnx_file" not in manifest:
         raise ValueError(f"{manifest_path}: not an ML60 manifest (no 'onnx_file')")
+    problems = manifest_problems(manifest)
+    if problems:
+        raise ValueError(f"{manifest_path}: {'; '.join(problems)}")
     return manifest
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """What is wrong with the manifest's shape, each naming its field; empty when nothing is.
+
+    A manifest is read before anything it names is opened, so its fields are
+    checked first: a file name must be a plain name beside the manifest (an
+    absolute path or a ``..`` would make the service open, hash and trust a
+    file anywhere on the machine), and every field must have its type, so
+    that a damaged manifest is a message, not a ``TypeError`` deep inside.
+    """
+    problems = entry_problems(manifest, "")
+    variants = manifest.get("variants", {})
+    if not isinstance(variants, dict):
+        problems.append(f"'variants' must be an object of named entries, got {type(variants).__name__}")
+    else:
+        for key, entry in variants.items():
+            problems += entry_problems(entry, f"variants.{key}.")
+    if "reference" in manifest:
+        reference = manifest["reference"]
+        if not isinstance(reference, dict):
+            problems.append(f"'reference' must be an object with 'file' and 'sha256', got {type(reference).__name__}")
+        else:
+            problems += file_name_problems(reference.get("file"), "reference.file")
+            problems += sha256_problems(reference.get("sha256"), "reference.sha256")
+    return problems
+
+
+def entry_problems(entry, prefix: str) -> list[str]:
+    """Problems of one model entry: ``onnx_file`` a plain file name, ``sha256`` 64 hex digits."""
+    if not isinstance(entry, dict):
+        return [f"'{prefix.rstrip('.')}' must be an object with 'onnx_file' and 'sha256', got {type(entry).__name__}"]
+    return (file_name_problems(entry.get("onnx_file"), f"{prefix}onnx_file")
+            + sha256_problems(entry.get("sha256"), f"{prefix}sha256"))
+
+
+def file_name_problems(name, field: str) -> list[str]:
+    """A file the manifest names must sit beside it: a plain name, not absolute, no folders, no ``..``."""
+    if not isinstance(name, str) or not name:
+        return [f"'{field}' must be a file name, got {name!r}"]
+    if Path(name).is_absolute() or Path(name).name != name or name in (".", ".."):
+        return [f"'{field}' must be a plain file name beside the manifest, got {name!r} (absolute paths, "
+                "folders and '..' are refused)"]
+    return []
+
+
+def sha256_problems(digest, field: str) -> list[str]:
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return [f"'{field}' must be 64 lowercase hex digits, got {str(digest)[:80]!r}"]
+    return []
 
 
 def verify_sha256(onnx_path: Path, manifest_path: Path | None = None) -> tuple[dict, dict]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import secrets
 import time
 from pathlib import Path
 
@@ -78,12 +79,14 @@ def traffic_plan(n_clean: int, n_shift: int, n_flush: int) -> list[tuple[str, in
 class Client:
     """One keep-alive connection: what a single upstream caller looks like."""
 
-    def __init__(self, port: int):
-        self.port = port
+    def __init__(self, port: int, token: str | None = None):
+        self.port, self.token = port, token   # the API token: POST /v1/feedback needs it
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> dict:
         headers = {"content-type": content_type} if content_type else {}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
         self.connection.request(method, path, body=body, headers=headers)
         response = self.connection.getresponse()
         data = response.read()
@@ -95,10 +98,10 @@ class Client:
 
 
 def play(port: int, images: np.ndarray, labels: np.ndarray, classes: list[str], plan, *, seed: int,
-         poll_every: int, label_every: int = 2) -> list[dict]:
-    """Send the traffic; poll ``/v1/drift`` every ``poll_every`` requests; return the timeline."""
+         poll_every: int, label_every: int = 2, token: str | None = None) -> list[dict]:
+    """Send the traffic (labels with the API ``token``); poll ``/v1/drift`` every ``poll_every`` requests."""
     rng = np.random.default_rng(seed)
-    client = Client(port)
+    client = Client(port, token)
     chosen = [classes.index(c) for c in SHIFT_CLASSES if c in classes] or [0, 1, 2]   # stand-in data: 3 classes
     mix = np.flatnonzero(np.isin(labels, chosen))
     timeline, sent, live_accuracy = [], 0, None
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     images, labels = splits.test.images.numpy(), splits.test.labels.numpy()
 
     port = free_port()
-    process = start_server(model_dir, port, log_path=run_dir / "server.log")
+    token = secrets.token_urlsafe(24)          # this run's own API token: the labels it sends need one
+    process = start_server(model_dir, port, {"API_TOKEN": token}, log_path=run_dir / "server.log")
     try:
         wait_until_ready(port, process=process)
         drift = Client(port).call("GET", "/v1/drift")
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{drift['check_every']}, alpha {drift['alpha']:g}) --")
         start = time.perf_counter()
         timeline = play(port, images, labels, list(splits.classes), plan, seed=args.seed,
-                        poll_every=drift["check_every"])
+                        poll_every=drift["check_every"], token=token)
         seconds = time.perf_counter() - start
         live = Client(port).call("GET", "/v1/drift")
     finally:

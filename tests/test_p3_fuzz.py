@@ -15,16 +15,20 @@ from PIL import Image
 pytestmark = getattr(pytest.mark, "p3-serve")
 
 
+TOKEN = "fuzz-token"
+AUTHORIZED = {"authorization": f"Bearer {TOKEN}"}   # so that generated feedback bodies get past the token check
+
+
 @pytest.fixture(scope="module")
 def app(model_dir):
     from phase3_production.serving.app import create_app
     from phase3_production.serving.config import Settings
 
-    return create_app(Settings(model_dir=model_dir))
+    return create_app(Settings(model_dir=model_dir, api_token=TOKEN))
 
 
 def test_no_request_the_schema_allows_causes_a_server_error(app):
-    """Every operation of /openapi.json, 25 generated requests each, sent to the app in process."""
+    """Every operation of /openapi.json, 25 generated requests each (with the API token), sent to the app in process."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {(op.method.upper(), op.path) for op in operations} >= {("POST", "/v1/predict"), ("POST", "/v1/feedback"),
@@ -34,7 +38,7 @@ def test_no_request_the_schema_allows_causes_a_server_error(app):
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
         def call(case):
-            response = case.call()
+            response = case.call(headers=AUTHORIZED)
             statuses.append(response.status_code)
             assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
 

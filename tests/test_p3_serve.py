@@ -17,6 +17,7 @@ from PIL import Image
 
 from phase3_production import bad_inputs
 from phase3_production.http_client import multipart
+from phase3_production.serving.config import Settings
 
 pytestmark = getattr(pytest.mark, "p3-serve")
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +94,11 @@ def test_model_route_reports_what_is_served(client, model_dir):
     assert info["classes"][3] == "cat" and info["input_shape"] == [3, 32, 32]
 
 
-@pytest.mark.parametrize("case", bad_inputs.cases(8 * 1024 * 1024, 32, 4096 * 4096), ids=lambda c: c.name)
+DEFAULTS = Settings()
+
+
+@pytest.mark.parametrize("case", bad_inputs.cases(DEFAULTS.max_body_bytes, DEFAULTS.max_batch_files,
+                                                  DEFAULTS.max_pixels), ids=lambda c: c.name)
 def test_every_hostile_upload_gets_its_4xx_json_error(client, case):
     if case.chunked:   # the test client cannot stream; the real-server self-test below sends it chunked
         body = iter([case.body[i:i + 65536] for i in range(0, len(case.body), 65536)])
@@ -125,8 +130,10 @@ def test_saturation_answers_503_with_retry_after(model_dir):
     from phase3_production.serving.config import Settings
 
     png = encode(Image.new("RGB", (32, 32)), "PNG")
-    with TestClient(create_app(Settings(model_dir=model_dir, max_queue=1))) as c:
+    with TestClient(create_app(Settings(model_dir=model_dir, max_queue=2, max_batch_files=2))) as c:
+        c.app.state.service.batcher.pending = 1          # one image of another request is in flight
         reply = c.post("/v1/predict/batch", files=[("files", (f"{i}.png", png, "image/png")) for i in range(2)])
+        c.app.state.service.batcher.pending = 0
     assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
     assert reply.json()["error"]["code"] == "saturated"
 

@@ -4,6 +4,13 @@ Counters only go up (requests, predictions per class, rejected images);
 histograms keep counts per bucket, from which Prometheus computes p50/p95/p99
 over any window (``histogram_quantile``); a gauge goes up and down (requests
 in flight).  Each app gets its own registry, so tests can run several.
+
+A figure that does not exist yet is ``NaN``, not 0: ``ml60_live_accuracy``
+reads ``NaN`` until the first label arrives, as PromQL's own ``0 / 0`` does.
+Any comparison with ``NaN`` is false, so an alert such as
+``ml60_live_accuracy < 0.8`` stays quiet on a fresh start instead of firing
+on an accuracy of "0.0" that nobody measured; the series is still there, so
+``absent()`` keeps meaning "the service is not being scraped".
 """
 
 from __future__ import annotations
@@ -36,8 +43,13 @@ class ServiceMetrics:
                                    registry=r)
         self.drift_psi = Gauge("ml60_drift_psi", "population stability index of the last window", ["feature"],
                                registry=r)
-        self.live_accuracy = Gauge("ml60_live_accuracy", "accuracy over the most recent labelled predictions",
-                                   registry=r)
+        self.live_accuracy = Gauge("ml60_live_accuracy", "accuracy over the most recent labelled predictions "
+                                   "(NaN until the first label arrives)", registry=r)
+        self.live_accuracy.set(float("nan"))
+        self.drift_monitor = Gauge("ml60_drift_monitor_enabled", "1 when the drift monitor runs, 0 when it is off; "
+                                   "the reason label says why", ["reason"], registry=r)
+        self.decode_bytes = Gauge("ml60_decode_bytes_reserved", "memory reserved by the image decodes in flight",
+                                  registry=r)
         self.feedback = Counter("ml60_feedback", "labels received for predictions", ["outcome"], registry=r)
         self.model_info = Gauge("ml60_model_info", "The model being served (value 1)", ["version", "file"],
                                 registry=r)

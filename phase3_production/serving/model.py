@@ -34,6 +34,7 @@ class ServedModel:
     metadata: dict[str, str]
     session: object
     reference_path: Path | None = None     # drift reference statistics, verified like the model
+
     @property
     def version(self) -> str:
         """A short, content-derived version: the first 12 hex digits of the file's sha256."""
@@ -47,7 +48,7 @@ class ServedModel:
         except (FileNotFoundError, ValueError) as exc:
             raise ModelLoadError(f"refusing to serve: {exc}") from exc
         reference_path = None
-        if manifest.get("reference"):
+        if "reference" in manifest:   # read_manifest checked it names a plain file beside the manifest
             reference_path = Path(model_dir) / manifest["reference"]["file"]
             if not reference_path.is_file() or sha256_of(reference_path) != manifest["reference"]["sha256"]:
                 raise ModelLoadError(f"refusing to serve: {reference_path}: missing or its sha256 does not "
