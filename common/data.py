@@ -28,6 +28,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,11 @@ import torch
 from common import formats, standins
 from common.runs import atomic_torch_save
 from common.formats import DatasetCorruptError, DatasetError, DatasetNotFoundError
+
+try:
+    import fcntl  # POSIX file locks; Windows has none, see cache_lock
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 __all__ = [
     "DatasetError", "DatasetNotFoundError", "DatasetCorruptError",
@@ -265,23 +271,17 @@ def torchvision_mnist_root(name: str = "mnist", data_dir: str | Path | None = No
         raise DatasetNotFoundError(_where_to_put(name, data_dir, [f"no {name} IDX files under {data_dir}"]))
     sub = "MNIST" if name == "mnist" else "FashionMNIST"
     paths = [p for pair in files.values() for p in pair]
-    key = _fingerprint(paths)
-    root = cache_dir() / "torchvision" / f"{name}-{key}"
-    raw = root / sub / "raw"
-    if not (raw / ".complete").exists():
-        for split, pair in files.items():
-            images, labels = formats.read_idx_pair(*pair)  # validates before we trust it
-            del images, labels
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir()))
+    root = cache_dir() / "torchvision" / f"{name}-{_fingerprint(paths)}"
+
+    def decompress(tmp: Path) -> None:
+        for pair in files.values():
+            formats.read_idx_pair(*pair)  # validates before we trust it
         (tmp / sub / "raw").mkdir(parents=True)
         for path in paths:
             stem = path.name[:-3] if path.suffix == ".gz" else path.name
             (tmp / sub / "raw" / stem).write_bytes(formats.read_maybe_gzipped(path))
-        (tmp / sub / "raw" / ".complete").touch()
-        root.parent.mkdir(parents=True, exist_ok=True)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+
+    fill_cache_folder(root, decompress)
     return root
 
 
@@ -324,32 +324,160 @@ def extract_archive(archive: Path, announce: Announce = print) -> Path:
     """Extract a ``.tar.gz`` image-folder archive into the cache (once) and return the tree's root.
 
     The root is the single top-level folder of the archive if there is one.
-    Extraction goes to a temporary folder first and is renamed into place, so
-    an interrupted extraction is never mistaken for a complete one.
+    :func:`fill_cache_folder` makes the extraction safe to interrupt and safe
+    to run from several processes at once (``make p2-cnn NPROC=2`` loads the
+    data on every rank); :func:`safe_extract` refuses members that could
+    write outside the cache.
     """
     target = cache_dir() / "extracted" / f"{archive.name.split('.')[0]}-{_fingerprint([archive])}"
-    if not (target / ".complete").exists():
+
+    def extract(tmp: Path) -> None:
         announce(f"[data] extracting {archive} into {target} (once)")
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir()))
         try:
             with tarfile.open(archive, "r:*") as tar:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, filter="data")  # refuses absolute paths and ../ tricks
-                else:  # Python < 3.11.4
-                    for member in tar.getmembers():
-                        if member.name.startswith("/") or ".." in Path(member.name).parts:
-                            raise DatasetCorruptError(f"{archive}: unsafe path {member.name!r} in archive")
-                    tar.extractall(tmp)
+                safe_extract(tar, tmp, archive)
         except (tarfile.TarError, EOFError, OSError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise DatasetCorruptError(f"{archive}: cannot extract ({exc})") from exc
-        (tmp / ".complete").touch()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+
+    fill_cache_folder(target, extract, announce=announce)
     tops = [p for p in target.iterdir() if p.is_dir()]
     return tops[0] if len(tops) == 1 and not (target / "train").is_dir() else target
+
+
+def safe_extract(tar: tarfile.TarFile, destination: Path, archive: Path) -> None:
+    """Extract ``tar`` into ``destination``, refusing any member that could reach outside it.
+
+    A tar member can be an absolute path (``/etc/cron.d/x``), climb out with
+    ``../``, or be a symbolic or hard link to somewhere else that a later
+    member then writes *through*; it can also be a device file.  Python 3.12
+    (and 3.11.4, 3.10.12) has ``tarfile.data_filter``, which refuses all of
+    that.  On an older Python we check every member before extracting any:
+    only regular files and folders with relative names that stay inside,
+    which is all an image-folder archive holds.
+    """
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(destination, filter="data")
+        return
+    members = tar.getmembers()
+    for member in members:
+        problem = unsafe_member_problem(member)
+        if problem:
+            raise DatasetCorruptError(f"{archive}: refusing to extract {member.name!r}: {problem}")
+    tar.extractall(destination, members=members)  # nosec B202 - every member was checked just above
+
+
+def unsafe_member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why extracting this tar member could write outside the target folder, or None when it cannot."""
+    if member.name.startswith("/"):
+        return "an absolute path"
+    if ".." in Path(member.name).parts:
+        return "a path that climbs out with '..'"
+    if member.issym() or member.islnk():
+        return f"a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
+    if not (member.isfile() or member.isdir()):
+        return "a device, FIFO or other special file"
+    return None
+
+
+# --------------------------------------------------------------------------- the cache, safe for several processes
+
+
+def fill_cache_folder(target: Path, fill: Callable[[Path], None], *, announce: Announce = print) -> Path:
+    """Make ``target`` (a cache folder) exist and be complete, filling it with ``fill(tmp)`` at most once.
+
+    Three rules keep the cache right when a run is killed half-way, or when
+    several processes (the ranks of ``torchrun``) ask for the same folder at
+    the same moment:
+
+    1. **Complete or absent.** ``fill`` writes into a temporary folder beside
+       the target; a ``.complete`` marker is written last, then one
+       ``os.rename`` puts the folder in place.  A rename within one file
+       system is atomic: other processes see no folder or a whole one.
+    2. **One filler at a time.** The filling happens under an exclusive lock
+       (:func:`cache_lock`), so a second process waits, with a message, and
+       then finds the folder complete instead of extracting it again.
+    3. **The loser keeps the winner's copy.** Should a complete folder appear
+       anyway (a process that took no lock), the rename fails and our copy is
+       thrown away; a complete folder is never deleted or replaced.
+    """
+    if _complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(target, announce):
+        if _complete(target):  # another process filled it while we waited
+            return target
+        if target.exists():    # left half-made by an older version or by hand: nobody is using it
+            shutil.rmtree(target)
+        if fcntl is not None:  # under a real lock, any temporary folder is a killed filler's leftover
+            for stale in target.parent.glob(f".{target.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        try:
+            fill(tmp)
+            (tmp / ".complete").touch()
+            _publish(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename succeeded
+    return target
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / ".complete").is_file()
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; if a complete ``target`` beat us to it, keep that one."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not _complete(target):
+            raise
+        # Lost the race to a complete copy: the caller deletes ours.
+
+
+@contextmanager
+def cache_lock(target: Path, announce: Announce = print):
+    """Hold an exclusive lock on ``target`` for the ``with`` block, waiting (with a message) if it is taken.
+
+    The lock is ``fcntl.flock`` on a small file beside the target
+    (``.<name>.lock``).  The operating system releases it when the process
+    exits, however it exits, so a killed run never leaves the cache locked.
+    Windows has no ``fcntl``: there the block runs unlocked, and rule 3 of
+    :func:`fill_cache_folder` still keeps the cache right (two processes may
+    then both fill it, and one copy is thrown away).
+    """
+    if fcntl is None:
+        yield
+        return
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            announce(f"[data] another process is filling {target}; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_tensors(path: Path, compute: Callable[[], dict], *, announce: Announce = print) -> dict:
+    """``torch.load(path)`` if the cache file exists, else ``compute()``, saved there for the next time.
+
+    The file is written atomically (:func:`~common.runs.atomic_torch_save`),
+    so a reader never sees half of it, and computed under :func:`cache_lock`,
+    so that of several processes asking at once one computes and the others
+    wait, then read its file.
+    """
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with cache_lock(path, announce):
+            if not path.is_file():  # nobody wrote it while we waited
+                blob = compute()
+                atomic_torch_save(blob, path)
+                return blob
+    return torch.load(path, weights_only=True)
 
 
 # --------------------------------------------------------------------------- image folders
@@ -375,10 +503,8 @@ def load_image_folder(root: Path, *, name: str | None = None, image_size: tuple[
     key = _fingerprint(train_paths + test_paths, extra=repr(image_size))
     cached = cache_dir() / "decoded" / f"{root.name}-{key}.pt"
     name = name or f"imagefolder:{root}"
-    if cached.is_file():
-        blob = torch.load(cached, weights_only=True)
-        train_x, test_x = blob["train_images"], blob["test_images"]
-    else:
+
+    def decode() -> dict:
         announce(f"[data] decoding {len(train_paths) + len(test_paths):,} images from {root} (cached afterwards)")
         from tqdm.auto import tqdm
 
@@ -388,10 +514,11 @@ def load_image_folder(root: Path, *, name: str | None = None, image_size: tuple[
         size = tuple(image_size) if image_size is not None else None
         first = formats.decode_images(train_paths, size=size, progress=bar)
         size = size or first.shape[2:]
-        train_x = torch.from_numpy(first)
-        test_x = torch.from_numpy(formats.decode_images(test_paths, size=size, progress=bar))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"train_images": train_x, "test_images": test_x}, cached)
+        return {"train_images": torch.from_numpy(first),
+                "test_images": torch.from_numpy(formats.decode_images(test_paths, size=size, progress=bar))}
+
+    blob = cached_tensors(cached, decode, announce=announce)
+    train_x, test_x = blob["train_images"], blob["test_images"]
     train = Split(train_x, torch.tensor(train_targets, dtype=torch.int64))
     test = Split(test_x, torch.tensor(test_targets, dtype=torch.int64))
     return ImageDataset(name, train, test, classes, source=f"image folder {root}")

@@ -11,7 +11,7 @@ None of these readers writes anything, so they work on read-only folders.
 from __future__ import annotations
 
 import gzip
-import pickle
+import pickle  # nosec B403 - loads go through CifarUnpickler, which admits only NumPy arrays, lists and dicts
 import zlib
 from pathlib import Path
 
@@ -134,8 +134,8 @@ CIFAR10_META = "batches.meta"
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR python batch into ``(N, 3, 32, 32) uint8`` and ``(N,) int64``.
 
-    The batches are Python pickles, as published.  Unpickling runs code chosen
-    by whoever wrote the file, so only read batches from a source you trust.
+    The batches are Python pickles, as published, read with
+    :class:`CifarUnpickler`, which builds arrays, lists and dicts and nothing else.
     """
     entry = _unpickle(path)
     data = entry.get("data")
@@ -154,18 +154,59 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_cifar_meta(path: Path) -> list[str]:
+    """The class names of a CIFAR ``batches.meta`` file, read as safely as the batches."""
     entry = _unpickle(path)
     names = entry.get("label_names")
     if not names:
         raise DatasetCorruptError(f"{path}: no 'label_names' in the CIFAR meta file")
-    return [str(n) for n in names]
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that builds only what a CIFAR batch holds: NumPy arrays, lists, dicts, strings, numbers.
+
+    A pickle is a small program: besides building lists and dicts, its
+    opcodes can name *any* importable function (``os.system``, say) and call
+    it with arguments of the file's choosing.  The plain ``pickle.load`` runs
+    such a file's code the moment it is read.  Every function or class a
+    pickle names goes through :meth:`find_class`, so refusing all but a short
+    list there closes that door: lists, dicts, strings and numbers need no
+    name at all, and a NumPy array needs a few (:attr:`ALLOWED`).
+    """
+
+    # (module, name) pairs that a CIFAR batch written by NumPy 1 or 2, by Python 2 or 3, may name.
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"),   # how NumPy 1 pickles an array: build an empty one...
+        ("numpy._core.multiarray", "_reconstruct"),  # ...(the same function where NumPy 2 keeps it)...
+        ("numpy", "ndarray"),                        # ...of this class...
+        ("numpy", "dtype"),                          # ...with this element type, then fill in the bytes
+        ("numpy.core.numeric", "_frombuffer"),       # protocol 5 (Python 3.14's default): an array from bytes
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),                       # how Python 3 writes bytes into a protocol-2 pickle...
+        ("__builtin__", "bytes"),                    # ...and an empty bytes object (named the Python 2 way)
+        ("builtins", "bytes"),
+    })
+
+    def __init__(self, file, source: Path | str):
+        super().__init__(file, encoding="latin1")  # Python 2's str (the published batches) as text
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise DatasetCorruptError(
+                f"{self.source}: refusing to load {module}.{name}: a CIFAR batch holds only arrays, lists "
+                "and dicts, and unpickling this file would call that. It is not a CIFAR batch, or it was "
+                "tampered with: delete it and fetch the dataset again"
+            )
+        return super().find_class(module, name)
 
 
 def _unpickle(path: Path) -> dict:
+    """Read a CIFAR pickle with :class:`CifarUnpickler`; a dict with ``str`` keys, or a clear error."""
     try:
         with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, IndexError) as exc:
+            entry = CifarUnpickler(fh, source=path).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, IndexError, TypeError) as exc:
         raise DatasetCorruptError(f"{path}: not a readable CIFAR batch (truncated or corrupt: {exc})") from exc
     if not isinstance(entry, dict):
         raise DatasetCorruptError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
@@ -173,11 +214,11 @@ def _unpickle(path: Path) -> dict:
 
 
 def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write a batch in the published format. Used by the tests."""
+    """Write a batch in the published layout (a pickled dict, protocol 2: what Python 2 reads). Used by the tests."""
     entry = {"data": np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1),
              "labels": [int(x) for x in labels], "batch_label": path.name}
     with open(path, "wb") as fh:
-        pickle.dump(entry, fh)
+        pickle.dump(entry, fh, protocol=2)
 
 
 # --------------------------------------------------------------------------- image folders
@@ -234,6 +275,8 @@ def decode_images(paths: list[Path], *, mode: str = "RGB", size: tuple[int, int]
     """
     from PIL import Image, UnidentifiedImageError
 
+    if not paths:
+        raise DatasetNotFoundError("no image files to decode: the list of paths is empty")
     channels = {"RGB": 3, "L": 1}[mode]
     out: np.ndarray | None = None
     iterator = paths if progress is None else progress(paths)
@@ -257,5 +300,4 @@ def decode_images(paths: list[Path], *, mode: str = "RGB", size: tuple[int, int]
                 f"{out.shape[3]}x{out.shape[2]}; pass image_size=(H, W) to resize every image"
             )
         out[i] = arr.transpose(2, 0, 1)
-    assert out is not None
     return out

@@ -29,6 +29,7 @@ architecture + normalisation, what p2-eval and p3-onnx load), ``last.pt``.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -214,9 +215,18 @@ def step_breakdown(model: nn.Module, loader, optimizer, steps: int = 4) -> dict:
     Data time is measured with a clock around ``next(loader)``; model time is
     split by torch.profiler into convolution ops (forward and backward) and
     everything else.
+
+    Profiling means training: forward, backward and optimiser steps.  Run on
+    the real model they would move its weights at full learning rate before
+    any warm-up, fill the optimiser's momentum buffers and shift BatchNorm's
+    running statistics, and the run would no longer be the recipe's run.  So
+    the steps run on a deep copy of the model *and* its optimiser, copied
+    together (one ``deepcopy`` call), so that the copied optimiser steps the
+    copied parameters; ``model`` and ``optimizer`` are left exactly as they were.
     """
     from torch.profiler import ProfilerActivity, profile
 
+    model, optimizer = copy.deepcopy((model, optimizer))
     iterator = iter(loader)
     data_s, batches = 0.0, []
     for _ in range(steps + 1):
@@ -235,7 +245,6 @@ def step_breakdown(model: nn.Module, loader, optimizer, steps: int = 4) -> dict:
             criterion(model(x), y).backward()
             optimizer.step()
         model_s = time.perf_counter() - start
-    optimizer.zero_grad()
     events = prof.key_averages()
     total_self = sum(e.self_cpu_time_total for e in events) or 1.0
     conv_self = sum(e.self_cpu_time_total for e in events if "conv" in e.key.lower())

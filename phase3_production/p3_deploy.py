@@ -4,9 +4,13 @@ What to take from it:
 
 1. **The manifests** in ``deploy/k8s/``: a Deployment (2 replicas, readiness
    on ``/readyz``, liveness on ``/healthz``, requests and limits, non-root,
-   read-only root filesystem, a preStop pause then uvicorn's drain), a
-   Service, a HorizontalPodAutoscaler (autoscaling/v2, CPU), a
-   PodDisruptionBudget, a Namespace, and a kustomization that ties them.
+   read-only root filesystem, a preStop pause then uvicorn's drain, the API
+   token from a Secret), a Service, a HorizontalPodAutoscaler
+   (autoscaling/v2, CPU), a PodDisruptionBudget, a NetworkPolicy (connections
+   to the pods on the service's port only), a Namespace, and a kustomization
+   that ties them and generates the token's Secret from a file kept out of
+   git.  ``deploy/overlays/production/`` adds an Ingress and pins the image
+   by digest.
 2. **Validate offline**: ``kubernetes-validate --strict`` checks every
    resource against the Kubernetes API schema (unknown fields fail, so a
    typo such as ``readinesProbe`` cannot slip through), and ``hadolint``
@@ -14,17 +18,23 @@ What to take from it:
 3. **Check that the pieces agree**, which no schema can: the probe paths are
    routes of the app, the container port is the image's ``PORT``, the user id
    is the image's, the grace period covers preStop plus the drain, every
-   resource of the kustomization exists, the HPA targets this Deployment.
+   resource of the kustomization exists, the HPA targets this Deployment, the
+   NetworkPolicy admits exactly the port the Service and the probes use, the
+   token's Secret is the one the kustomization generates, production runs
+   an image digest and not a movable tag.
 
-Run: ``make p3-deploy``.  Writes ``runs/p3-deploy/metrics.json``.  Deploying
-for real (kind, minikube, SageMaker, Vertex AI) is in ``phase3_production/README.md``.
+Run: ``make p3-deploy``.  Writes ``runs/p3-deploy/metrics.json``.  After pushing
+the image: ``python -m phase3_production.p3_deploy --pin-image REGISTRY/ml60-serve:1.0``
+writes its digest into the production overlay.  Deploying for real (kind,
+minikube, SageMaker, Vertex AI) is in ``phase3_production/README.md``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
-import subprocess
+import subprocess  # nosec B404 - runs the project's own validators and docker, never a shell
 import sys
 from pathlib import Path
 
@@ -35,6 +45,10 @@ from common.script import finish_run, milestone_parser, start_run
 MILESTONE = "p3-deploy"
 ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = ROOT / "deploy" / "k8s"
+PRODUCTION_DIR = ROOT / "deploy" / "overlays" / "production"
+TOKEN_SECRET, TOKEN_KEY, TOKEN_ENV = "ml60-api-token", "api-token", "API_TOKEN"   # what serving/auth.py reads
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64   # in the overlay until --pin-image writes the pushed image's digest
 DOCKERFILE = ROOT / "Dockerfile"
 DRAIN_SECONDS = 20          # uvicorn's timeout_graceful_shutdown in serving/__main__.py
 
@@ -44,13 +58,19 @@ def tool(name: str) -> str:
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
     if not found:
-        raise SystemExit(f"{name} is not installed; run `make install` (it comes with the project's dependencies)")
+        raise SystemExit(f"{name} is not installed; `make p3-deploy` installs it (the project's [deploy] extra: "
+                         "pip install -e '.[deploy]')")
     return found
+
+
+def load_kustomization(k8s_dir: Path = K8S_DIR) -> dict:
+    """A folder's ``kustomization.yaml``, parsed."""
+    return yaml.safe_load((k8s_dir / "kustomization.yaml").read_text())
 
 
 def load_resources(k8s_dir: Path = K8S_DIR) -> dict[str, dict]:
     """Every resource the kustomization lists, by file name; a missing or unparsable file is an error."""
-    kustomization = yaml.safe_load((k8s_dir / "kustomization.yaml").read_text())
+    kustomization = load_kustomization(k8s_dir)
     resources = {}
     for name in kustomization.get("resources", []):
         path = k8s_dir / name
@@ -65,12 +85,13 @@ def load_resources(k8s_dir: Path = K8S_DIR) -> dict[str, dict]:
 
 def validate_schemas(files: list[Path]) -> dict:
     """``kubernetes-validate --strict`` on each file: its return code and what it said."""
-    out = subprocess.run([tool("kubernetes-validate"), "--strict", *map(str, files)], capture_output=True, text=True)
+    out = subprocess.run([tool("kubernetes-validate"), "--strict", *map(str, files)],  # nosec B603 - fixed argv
+                         capture_output=True, text=True)
     return {"ok": out.returncode == 0, "output": (out.stdout + out.stderr).strip()}
 
 
 def lint_dockerfile(path: Path = DOCKERFILE) -> dict:
-    out = subprocess.run([tool("hadolint"), str(path)], capture_output=True, text=True)
+    out = subprocess.run([tool("hadolint"), str(path)], capture_output=True, text=True)  # nosec B603 - fixed argv
     return {"ok": out.returncode == 0, "output": (out.stdout + out.stderr).strip() or "no findings"}
 
 
@@ -280,6 +301,164 @@ def shutdown_budget(pod: dict, drain_seconds: float) -> tuple[float, float]:
     # END EXERCISE
 
 
+def load_overlay(overlay_dir: Path = PRODUCTION_DIR) -> tuple[dict, dict[str, dict]]:
+    """An overlay's kustomization and its own resource files by name (its bases, folders, are not read here)."""
+    kustomization = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    own = {}
+    for name in kustomization.get("resources", []):
+        path = overlay_dir / name
+        if path.is_dir():
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"{overlay_dir / 'kustomization.yaml'} lists {name}, which does not exist")
+        own[name] = yaml.safe_load(path.read_text())
+    return kustomization, own
+
+
+def port_number(container: dict, port) -> int | None:
+    """A port given by number or by name (``http``) as the container's port number; None if it has no such port."""
+    for declared in container.get("ports", []):
+        if port in (declared.get("containerPort"), declared.get("name")):
+            return declared["containerPort"]
+    return None
+
+
+def network_policy_checks(resources: dict[str, dict]) -> list[tuple[str, object, object]]:
+    """The NetworkPolicy selects the Deployment's pods and admits exactly the port the Service and the probes use.
+
+    A Service's ``targetPort`` and a probe's ``port`` may name a container
+    port (``http``) or give its number; so may a policy's ``ports``.  Names
+    are resolved to numbers before comparing, so ``http`` and ``8000`` agree.
+    """
+    by_kind = {r["kind"]: r for r in resources.values()}
+    policy, deployment, service = by_kind.get("NetworkPolicy"), by_kind["Deployment"], by_kind["Service"]
+    if policy is None:
+        return [("a NetworkPolicy guards the pods", "a NetworkPolicy", "none in the kustomization")]
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    selector = policy["spec"].get("podSelector", {}).get("matchLabels", {})
+    selects = bool(selector) and all(template["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    service_ports = {port_number(container, p.get("targetPort", p.get("port"))) for p in service["spec"]["ports"]}
+    rules = policy["spec"].get("ingress", [])
+    admitted = {port_number(container, p.get("port")) for rule in rules for p in rule.get("ports", [])}
+    unrestricted = not rules or any(not rule.get("ports") for rule in rules)   # a rule without ports admits all
+    probe_ports = {port_number(container, container[probe]["httpGet"].get("port"))
+                   for probe in PROBES if "httpGet" in container.get(probe, {})}
+    return [
+        ("network policy selects the pods", True, selects),
+        ("network policy is for ingress", True, "Ingress" in policy["spec"].get("policyTypes", [])),
+        ("network policy admits only the service port", sorted(map(str, service_ports)),
+         "every port" if unrestricted else sorted(map(str, admitted))),
+        ("probes use the admitted port", sorted(map(str, admitted)), sorted(map(str, probe_ports))),
+    ]
+
+
+def token_checks(resources: dict[str, dict], kustomization: dict) -> list[tuple[str, object, object]]:
+    """The container reads ``API_TOKEN`` from the Secret that the kustomization generates, by the same name and key.
+
+    kustomize's ``secretGenerator`` makes the Secret from a file (the token
+    never sits in a manifest) and rewrites the Deployment's reference to the
+    Secret's hashed name; the reference and the generator must agree on the
+    name, and the generator's file must provide the key.
+    """
+    container = {r["kind"]: r for r in resources.values()}["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = next((e for e in container.get("env", []) if e["name"] == TOKEN_ENV), {})
+    ref = env.get("valueFrom", {}).get("secretKeyRef", {})
+    generated = {g["name"]: g for g in kustomization.get("secretGenerator", [])}.get(TOKEN_SECRET, {})
+    keys = [entry.split("=", 1)[0] if "=" in entry else Path(entry).name for entry in generated.get("files", [])]
+    if ref:
+        found = f"{ref.get('name')}/{ref.get('key')}"
+    else:
+        found = "a plain value, in the manifest" if "value" in env else "not set"
+    return [
+        (f"{TOKEN_ENV} comes from a Secret", f"{TOKEN_SECRET}/{TOKEN_KEY}", found),
+        (f"the kustomization generates {TOKEN_SECRET}", [TOKEN_KEY], keys),
+    ]
+
+
+def image_pin_problem(kustomization: dict, image: str = "ml60-serve") -> str | None:
+    """What keeps an overlay from running ``image`` by digest, or None when it pins it.
+
+    ``images: - name: ml60-serve, digest: sha256:...`` makes kustomize write
+    ``image: NAME@sha256:...``: the manifest names the image's content, which
+    no push can change.  A ``newTag`` (or a tag in ``newName``) names a label
+    that a push can move to other bytes.
+    """
+    entry = next((i for i in kustomization.get("images", []) if i.get("name") == image), None)
+    if entry is None:
+        return f"no images entry for {image}: the base's tag is used"
+    if "newTag" in entry or ":" in entry.get("newName", "").rsplit("/", 1)[-1]:
+        return f"a tag ({entry.get('newTag') or entry['newName']}) names {image}; tags can be moved"
+    if not DIGEST.fullmatch(str(entry.get("digest", ""))):
+        return f"digest {entry.get('digest')!r} is not sha256: and 64 hex digits"
+    return None
+
+
+def production_checks(kustomization: dict, own: dict[str, dict], resources: dict[str, dict],
+                      base_namespace: str | None) -> list[tuple]:
+    """The production overlay builds on the base, in its namespace, pins the image, and routes to the Service's port.
+
+    The namespace matters: a base's ``namespace:`` applies to the base's
+    resources only, so an overlay without it would put its Ingress in
+    ``default``, where no Service ``ml60-serve`` answers.
+    """
+    service = {r["kind"]: r for r in resources.values()}["Service"]
+    ingress = next((r for r in own.values() if r.get("kind") == "Ingress"), None)
+    backends = [path["backend"]["service"] for rule in (ingress or {}).get("spec", {}).get("rules", [])
+                for path in rule.get("http", {}).get("paths", [])]
+    service_ports = [key for p in service["spec"]["ports"] for key in (p.get("name"), p.get("port"))]
+    routed = bool(backends) and all(b["name"] == service["metadata"]["name"] and
+                                    (b["port"].get("name") or b["port"].get("number")) in service_ports
+                                    for b in backends)
+    return [
+        ("production builds on the base", True,
+         any(Path(r).name == K8S_DIR.name for r in kustomization.get("resources", []))),
+        ("production pins the image by digest", "no problem", image_pin_problem(kustomization) or "no problem"),
+        ("production namespace = the base's", base_namespace, kustomization.get("namespace")),
+        ("ingress routes to the service port", True, routed),
+    ]
+
+
+def image_name(ref: str) -> str:
+    """``registry:5000/team/ml60-serve:1.0`` (or ``...@sha256:...``) without its tag or digest."""
+    name = ref.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def image_digest(ref: str) -> str:
+    """The digest of a pushed image, as the registry reports it (``docker buildx imagetools inspect``)."""
+    out = subprocess.run([tool("docker"), "buildx", "imagetools", "inspect", ref,  # nosec B603 - fixed argv
+                          "--format", "{{json .Manifest}}"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"cannot read the digest of {ref}: {(out.stderr or out.stdout).strip()} "
+                         "(is it pushed, and are you logged in to its registry?)")
+    digest = json.loads(out.stdout).get("digest", "")
+    if not DIGEST.fullmatch(digest):
+        raise SystemExit(f"docker buildx imagetools inspect {ref} gave no sha256 digest: {out.stdout[:200]}")
+    return digest
+
+
+def pin_image(ref: str, digest: str, overlay_dir: Path = PRODUCTION_DIR) -> Path:
+    """Write ``newName`` (``ref`` without its tag) and ``digest`` into the overlay, keeping its comments."""
+    if not DIGEST.fullmatch(digest):
+        raise ValueError(f"{digest!r} is not a digest (sha256: and 64 hex digits)")
+    path = overlay_dir / "kustomization.yaml"
+    text = path.read_text()
+    for key, value in (("newName", image_name(ref)), ("digest", digest)):
+        text, count = re.subn(rf"^([ \t]+){key}:.*$", rf"\g<1>{key}: {value}", text, count=1, flags=re.MULTILINE)
+        if count != 1:
+            raise ValueError(f"{path}: no '{key}:' line under images to write {value} into")
+    path.write_text(text)
+    return path
+
+
+def as_checks(rows: list[tuple]) -> list[dict]:
+    """``(name, expected, found)`` rows as check records: ok when found equals expected."""
+    return [{"check": name, "expected": expected, "found": found, "ok": expected == found}
+            for name, expected, found in rows]
+
+
 def consistency(resources: dict[str, dict], facts: dict, routes: set[str]) -> list[dict]:
     """Checks that span files: each a name, what was expected, what was found, ok."""
     by_kind = {r["kind"]: r for r in resources.values()}
@@ -307,9 +486,9 @@ def consistency(resources: dict[str, dict], facts: dict, routes: set[str]) -> li
          service["spec"]["selector"]["app.kubernetes.io/name"]),
         ("HPA targets the deployment", deployment["metadata"]["name"], hpa["spec"]["scaleTargetRef"]["name"]),
         ("HPA minimum >= replicas", True, hpa["spec"]["minReplicas"] >= deployment["spec"]["replicas"]),
+        *network_policy_checks(resources),
     ]
-    out = [{"check": name, "expected": expected, "found": found, "ok": expected == found}
-           for name, expected, found in checks]
+    out = as_checks(checks)
     for probe in PROBES:
         if probe in container or probe in REQUIRED_PROBES:
             problem = probe_problem(container, probe, routes)
@@ -319,28 +498,51 @@ def consistency(resources: dict[str, dict], facts: dict, routes: set[str]) -> li
 
 
 def app_routes() -> set[str]:
+    """Every path the service answers, read from the app itself (no model is loaded to build it)."""
     from phase3_production.serving.app import create_app
     from phase3_production.serving.config import Settings
 
     app = create_app(Settings())          # building the app loads nothing; the model loads at startup
-    return {getattr(r, "path", "") for r in app.routes}
+    return route_paths(app.routes)
+
+
+def route_paths(routes, prefix: str = "") -> set[str]:
+    """The paths of a list of routes, descending into included routers (``app.include_router``)."""
+    paths = set()
+    for route in routes:
+        if getattr(route, "path", None) is not None:
+            paths.add(prefix + route.path)
+        included = getattr(route, "original_router", None)   # how FastAPI keeps an included router
+        if included is not None:
+            context = getattr(route, "include_context", None)
+            paths |= route_paths(included.routes, prefix + (getattr(context, "prefix", "") or ""))
+    return paths
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
-    parser.add_argument("--k8s-dir", default=str(K8S_DIR))
+    parser.add_argument("--k8s-dir", default=str(K8S_DIR), help="the base kustomization")
+    parser.add_argument("--production-dir", default=str(PRODUCTION_DIR), help="the production overlay")
+    parser.add_argument("--pin-image", metavar="REF", default=None,
+                        help="a pushed image (REGISTRY/ml60-serve:1.0): write its digest into the production overlay")
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     print(__doc__.split("\n\n")[0])
-    k8s_dir = Path(args.k8s_dir)
+    k8s_dir, production_dir = Path(args.k8s_dir), Path(args.production_dir)
+    if args.pin_image:
+        digest = image_digest(args.pin_image)
+        pin_image(args.pin_image, digest, production_dir)
+        print(f"\n-- 0. Pinned {args.pin_image} as {image_name(args.pin_image)}@{digest} in "
+              f"{production_dir / 'kustomization.yaml'} --")
 
-    print(f"\n-- 1. The resources of {k8s_dir / 'kustomization.yaml'} --")
+    print(f"\n-- 1. The resources of {k8s_dir / 'kustomization.yaml'} and of the production overlay --")
     resources = load_resources(k8s_dir)
-    for name, r in resources.items():
+    production, production_own = load_overlay(production_dir)
+    for name, r in [*resources.items(), *production_own.items()]:
         print(f"  {name:<18} {r['apiVersion']:<24} {r['kind']}")
 
     print("\n-- 2. kubernetes-validate --strict (Kubernetes API schemas, unknown fields fail) --")
-    schemas = validate_schemas([k8s_dir / name for name in resources])
+    schemas = validate_schemas([k8s_dir / name for name in resources] + [production_dir / n for n in production_own])
     print("  " + schemas["output"].replace("\n", "\n  "))
 
     print("\n-- 3. hadolint Dockerfile --")
@@ -352,20 +554,36 @@ def main(argv: list[str] | None = None) -> dict:
           f"HEALTHCHECK {'yes' if facts['healthcheck'] else 'NONE'}, PORT {facts['port']}, {facts['stages']} stages")
 
     print("\n-- 4. Do the manifests, the image and the app agree? --")
-    checks = consistency(resources, facts, app_routes())
+    base = load_kustomization(k8s_dir)
+    checks = (consistency(resources, facts, app_routes()) + as_checks(token_checks(resources, base))
+              + as_checks(production_checks(production, production_own, resources, base.get("namespace"))))
     for c in checks:
-        print(f"  {'ok ' if c['ok'] else 'BAD'} {c['check']:<40} expected {c['expected']!s:<16} found {c['found']}")
+        print(f"  {'ok ' if c['ok'] else 'BAD'} {c['check']:<44} expected {c['expected']!s:<16} found {c['found']}")
+    digest = next((i.get("digest") for i in production.get("images", []) if i.get("name") == "ml60-serve"), None)
+    pinned = bool(digest) and DIGEST.fullmatch(digest) is not None and digest != PLACEHOLDER_DIGEST
+    if not pinned:
+        print("  note: the production digest is the all-zeros placeholder; after pushing the image run "
+              "`python -m phase3_production.p3_deploy --pin-image REGISTRY/ml60-serve:TAG`")
     passed = sum(c["ok"] for c in checks)
+    files = len(resources) + len(production_own)
     ok = schemas["ok"] and lint["ok"] and passed == len(checks) and facts["healthcheck"]
-    print(f"\nResult: {'all checks pass' if ok else 'PROBLEMS above'}: {len(resources)} resources valid "
+    print(f"\nResult: {'all checks pass' if ok else 'PROBLEMS above'}: {files} manifests valid "
           f"({'yes' if schemas['ok'] else 'NO'}), Dockerfile lint {'clean' if lint['ok'] else 'FAILED'}, "
-          f"{passed}/{len(checks)} cross-checks. Deploy: kubectl apply -k {k8s_dir.relative_to(ROOT)}")
+          f"{passed}/{len(checks)} cross-checks. Deploy: kubectl apply -k {shown(k8s_dir)} "
+          f"(production: kubectl apply -k {shown(production_dir)})")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "deploy_checks_passed", "value": passed,
-                                  "display": f"{len(resources)} manifests valid, Dockerfile lint clean, "
+                                  "display": f"{files} manifests valid, Dockerfile lint clean, "
                                              f"{passed}/{len(checks)} cross-checks" if ok else "PROBLEMS"},
-                      resources={n: r["kind"] for n, r in resources.items()}, schema_validation=schemas,
-                      dockerfile_lint=lint, dockerfile=facts, cross_checks=checks)
+                      resources={n: r["kind"] for n, r in [*resources.items(), *production_own.items()]},
+                      schema_validation=schemas, dockerfile_lint=lint, dockerfile=facts, cross_checks=checks,
+                      production_image={"digest": digest, "pinned": pinned})
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (what to type from its root)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def check(metrics: dict) -> list[str]:

@@ -261,3 +261,8 @@ def test_cifar10_from_image_folder_archive(tmp_path):
 def test_unknown_dataset_name():
     with pytest.raises(Exception, match="unknown dataset"):
         load_dataset("imagenet", announce=quiet)
+
+
+def test_decoding_an_empty_list_of_images_is_a_clear_error():
+    with pytest.raises(DatasetNotFoundError, match="no image files to decode"):
+        formats.decode_images([])

@@ -70,3 +70,23 @@ def test_ci_sized_run_on_real_cifar10(real_data_dir, tmp_path):
                            "--device", "cpu"])
     assert metrics["data"]["real_data"] and metrics["data"]["train_used"] == 45_000
     assert metrics["test_accuracy"] >= p2_cnn.TARGETS["ci"], metrics["test_accuracy"]
+
+
+
+def test_the_cpu_step_profile_leaves_the_model_and_optimiser_as_built():
+    """Profiling trains a copy: afterwards the weights, BatchNorm statistics and optimiser are as they were.
+
+    main() profiles ``trainer.raw_model`` with ``trainer.optimizer`` just before fit(): whatever this
+    function changes, fit() would start from.  A tiny CNN, four 16x16 images a batch and one step keep it fast.
+    """
+    torch.manual_seed(0)
+    model = FiveLayerCNN((2, 2, 2, 2, 2), dropout=0.1, pool_first=True)
+    optimizer = torch.optim.SGD(p2_cnn.weight_decay_groups(model, 5e-4), lr=0.1, momentum=0.9, nesterov=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))) for _ in range(2)]
+    shares = p2_cnn.step_breakdown(model, batches, optimizer, steps=1)   # one warm-up pass, one profiled step
+    assert shares["convolution_share"] + shares["rest_of_model_share"] + shares["data_share"] == pytest.approx(1)
+    changed = [k for k, v in before.items() if not torch.equal(v, model.state_dict()[k])]
+    assert changed == [], f"profiling changed {changed} before fit()"
+    assert optimizer.state_dict()["state"] == {}, "profiling left momentum buffers in the optimiser"
+    assert all(p.grad is None for p in model.parameters()), "profiling left gradients on the model"
