@@ -363,7 +363,8 @@ def safe_extract(tar: tarfile.TarFile, destination: Path, archive: Path) -> None
         problem = unsafe_member_problem(member)
         if problem:
             raise DatasetCorruptError(f"{archive}: refusing to extract {member.name!r}: {problem}")
-    tar.extractall(destination, members=members)  # nosec B202 - every member was checked just above
+    # bandit B202: every member was checked just above
+    tar.extractall(destination, members=members)  # nosec B202
 
 
 def unsafe_member_problem(member: tarfile.TarInfo) -> str | None:

@@ -11,7 +11,8 @@ None of these readers writes anything, so they work on read-only folders.
 from __future__ import annotations
 
 import gzip
-import pickle  # nosec B403 - loads go through CifarUnpickler, which admits only NumPy arrays, lists and dicts
+# bandit B403: loads go through CifarUnpickler, which admits only NumPy arrays, lists and dicts
+import pickle  # nosec B403
 import zlib
 from pathlib import Path
 

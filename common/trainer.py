@@ -422,7 +422,8 @@ class Trainer:
         from common.benchmark import environment_stamp
         from common.plots import plot_history
 
-        assert self.run_dir is not None
+        if self.run_dir is None:
+            raise ValueError("this Trainer has no run_dir: pass run_dir= to write metrics.json and curves.png")
         update_metrics(self.run_dir, history=self.history, config=asdict(self.config),
                        best={"monitor": self.config.monitor, "value": self.best.value, "epoch": self.best.epoch},
                        device=describe_device(self.device), environment=environment_stamp())

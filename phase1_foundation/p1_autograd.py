@@ -38,6 +38,16 @@ from common.script import finish_run, milestone_parser, start_run
 MILESTONE = "p1-autograd"
 
 
+def claim(holds: bool, what: str) -> None:
+    """Each demo ends by stating what it just showed; if PyTorch ever behaves otherwise, stop and say so.
+
+    (Not ``assert``: ``python -O`` strips asserts, and a lesson that silently
+    shows the opposite of its text is worse than one that stops.)
+    """
+    if not holds:
+        raise RuntimeError(f"the demo expected {what}, and PyTorch behaved otherwise")
+
+
 def tensors_and_devices(device: torch.device) -> dict:
     print("\n-- 1. Tensors and devices --")
     x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
@@ -48,7 +58,7 @@ def tensors_and_devices(device: torch.device) -> dict:
     shared = torch.from_numpy(array)
     array[0] = 42.0
     print(f"torch.from_numpy shares memory: after changing the NumPy array, the tensor reads {shared.tolist()}")
-    assert shared[0].item() == 42.0
+    claim(shared[0].item() == 42.0, "torch.from_numpy to share the NumPy array's memory")
     return {"device": str(device), "from_numpy_shares_memory": bool(shared[0].item() == 42.0)}
 
 
@@ -154,8 +164,9 @@ def data_versus_detach() -> dict:
     silently_wrong = not torch.allclose(a.grad, expected)
     print(f"via .data:    backward() runs and gives {a.grad.tolist()}; the right answer is "
           f"{[round(v, 4) for v in expected.tolist()]}. Silently wrong: {silently_wrong}")
-    assert detach_error is not None and "modified by an inplace operation" in detach_error
-    assert silently_wrong and torch.all(a.grad == 0)
+    claim(detach_error is not None and "modified by an inplace operation" in detach_error,
+          "an in-place change after .detach() to be caught by backward()")
+    claim(silently_wrong and bool(torch.all(a.grad == 0)), "the same change through .data to give a silently wrong gradient")
     return {"detach_raises": detach_error is not None, "detach_error": detach_error,
             "data_gradient": a.grad.tolist(), "correct_gradient": expected.tolist(),
             "data_gives_silently_wrong_gradient": silently_wrong}
@@ -218,7 +229,7 @@ def why_zero_grad() -> dict:
     model.zero_grad()
     print(f"after zero_grad():        {model.weight.grad}  (None: set_to_none is the default)")
     doubled = torch.allclose(twice, 2 * once)
-    assert doubled and model.weight.grad is None
+    claim(doubled and model.weight.grad is None, "two backward() calls to add up, and zero_grad() to reset .grad to None")
     return {"doubles_without_zero_grad": doubled, "grad_once": once.flatten().tolist(),
             "grad_twice": twice.flatten().tolist(), "accumulation_matches_full_batch": accumulation_matches}
 
@@ -238,7 +249,8 @@ def no_grad_and_inference_mode() -> dict:
     except RuntimeError as exc:
         inference_error = str(exc).splitlines()[0]
     print(f"feeding an inference tensor back into autograd raises:\n  RuntimeError: {inference_error[:110]}")
-    assert not y.requires_grad and z.is_inference() and inference_error is not None
+    claim(not y.requires_grad and z.is_inference() and inference_error is not None,
+          "no_grad and inference_mode to record no graph, and an inference tensor to be refused by autograd")
     return {"no_grad_records_nothing": not y.requires_grad, "inference_tensor": z.is_inference(),
             "inference_tensor_in_autograd_raises": inference_error is not None}
 

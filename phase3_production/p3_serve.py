@@ -27,7 +27,8 @@ import http.client
 import os
 import signal
 import statistics
-import subprocess
+# bandit B404: the service starts from its own fixed command, never through a shell
+import subprocess  # nosec B404
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +56,8 @@ def start_server(model_dir: Path, port: int, extra_env: dict | None = None, log_
     env = {**os.environ, "MODEL_DIR": str(model_dir), "HOST": "127.0.0.1", "PORT": str(port),
            **(extra_env or {})}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(serve_command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+    # bandit B603: serve_command() is this Python and the service module; no shell
+    return subprocess.Popen(serve_command(), env=env, stdout=out, stderr=subprocess.STDOUT,  # nosec B603
                             cwd=Path(__file__).resolve().parent.parent)
 
 
@@ -264,7 +266,8 @@ def serve_forever(model_dir: Path, port: int) -> None:
           f"$ HOST=127.0.0.1 PORT={port} MODEL_DIR={model_dir} {' '.join(SERVE_COMMAND)}", flush=True)
     os.environ.update(MODEL_DIR=str(model_dir), HOST="127.0.0.1", PORT=str(port))
     command = serve_command()
-    os.execv(command[0], command)   # become the server: Ctrl-C and SIGTERM reach uvicorn directly
+    # bandit B606: serve_command() is this Python and the service module
+    os.execv(command[0], command)   # nosec B606 # become the server: Ctrl-C and SIGTERM reach uvicorn directly
 
 
 def check(metrics: dict) -> list[str]:
