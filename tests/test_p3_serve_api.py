@@ -153,6 +153,26 @@ def test_a_batch_limit_above_the_queue_is_refused_at_start_up(model_dir, monkeyp
         Settings.from_env()
 
 
+def test_the_batchers_tuning_comes_from_the_settings(model_dir, monkeypatch):
+    """BATCH_THRESHOLD and BATCHES_IN_FLIGHT reach the batcher the app builds, and nonsense is refused."""
+    from fastapi.testclient import TestClient
+
+    from phase3_production.serving.config import Settings
+
+    with TestClient(make_app(model_dir, BATCH_THRESHOLD=0, BATCHES_IN_FLIGHT=3)) as c:
+        batcher = c.app.state.service.batcher
+        assert (batcher.batch_threshold, batcher.batches_in_flight) == (0, 3)
+    with TestClient(make_app(model_dir)) as c:
+        batcher = c.app.state.service.batcher
+        assert (batcher.batch_threshold, batcher.batches_in_flight) == (batcher.max_batch, 2)
+    for name, value, message in (("BATCH_THRESHOLD", "-1", "BATCH_THRESHOLD must be >= 0"),
+                                 ("BATCHES_IN_FLIGHT", "0", "BATCHES_IN_FLIGHT must be > 0")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(ValueError, match=message):
+                Settings.from_env()
+
+
 def test_the_server_options_are_uvicorns_own(model_dir):
     """Each limit reaches uvicorn under a name its Config accepts (a misspelt option would be a TypeError)."""
     import uvicorn

@@ -80,7 +80,8 @@ async def lifespan(app: FastAPI):
     metrics.decode_bytes.set_function(lambda: state.decoder.budget.reserved)
     state.batcher = MicroBatcher(state.model.predict_probabilities, enabled=settings.batching,
                                  max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                                 max_queue=settings.max_queue, on_batch=metrics.batch_size.observe)
+                                 max_queue=settings.max_queue, batch_threshold=settings.batch_threshold,
+                                 batches_in_flight=settings.batches_in_flight, on_batch=metrics.batch_size.observe)
     await state.batcher.start()
     state.ready = True
     log.info("serving %s (version %s), batching %s", state.model.path, state.model.version,

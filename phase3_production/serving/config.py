@@ -66,6 +66,8 @@ class Settings:
     batching: bool = True                   # gather concurrent requests into one model call
     max_batch: int = 32                     # images per model call
     max_wait_ms: float = 0.0                # extra wait for company; 0: batch what queued while the model ran
+    batch_threshold: int | None = None      # images in flight from which requests are batched (None: max_batch; 0: always)
+    batches_in_flight: int = 2              # batches handed to the model thread at once
     max_queue: int = 256                    # images waiting or in flight; beyond that: 503 + Retry-After
     max_body_bytes: int = 8 * MIB           # whole request body, counted as it streams in
     max_image_bytes: int = 4 * MIB          # one image file
@@ -112,6 +114,8 @@ class Settings:
             batching=_env("BATCHING", True, _flag),
             max_batch=_env("MAX_BATCH", 32, int),
             max_wait_ms=_env("MAX_WAIT_MS", 0.0, float),
+            batch_threshold=_env("BATCH_THRESHOLD", None, int),
+            batches_in_flight=_env("BATCHES_IN_FLIGHT", 2, int),
             max_queue=_env("MAX_QUEUE", 256, int),
             max_body_bytes=_env("MAX_BODY_BYTES", 8 * MIB, int),
             max_image_bytes=_env("MAX_IMAGE_BYTES", 4 * MIB, int),
@@ -139,7 +143,8 @@ class Settings:
 
 POSITIVE = ("max_batch", "max_queue", "max_body_bytes", "max_image_bytes", "max_pixels", "max_batch_files",
             "intra_op_threads", "recent_predictions", "feedback_window", "drift_window", "drift_check_every",
-            "decode_threads", "decode_memory_bytes", "body_timeout_s", "limit_concurrency", "max_header_bytes")
+            "decode_threads", "decode_memory_bytes", "body_timeout_s", "limit_concurrency", "max_header_bytes",
+            "batches_in_flight")
 NOT_NEGATIVE = ("max_wait_ms", "retry_after_s", "decode_wait_s", "linger_s", "linger_bytes", "keep_alive_s",
                 "graceful_shutdown_s")
 
@@ -151,6 +156,8 @@ def settings_problems(settings: Settings) -> list[str]:
                 for name in POSITIVE if name in names and not getattr(settings, name) > 0]
     problems += [f"{name.upper()} must be >= 0 (got {getattr(settings, name)})"
                  for name in NOT_NEGATIVE if name in names and not getattr(settings, name) >= 0]
+    if settings.batch_threshold is not None and settings.batch_threshold < 0:
+        problems.append(f"BATCH_THRESHOLD must be >= 0 (got {settings.batch_threshold})")
     if settings.max_batch_files > settings.max_queue:
         problems.append(f"MAX_BATCH_FILES={settings.max_batch_files} is above MAX_QUEUE={settings.max_queue}: "
                         "a batch that large could never be admitted and would get 503 forever; lower "
