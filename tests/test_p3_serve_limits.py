@@ -94,3 +94,36 @@ def test_an_exception_no_handler_answered_is_a_500_with_the_request_id():
     status, headers, error = answer(call(RequestLimits(broken, max_body_bytes=100), body_of(b"{}"),
                                          [(b"x-request-id", b"abc-1")]))
     assert status == 500 and headers[b"x-request-id"] == b"abc-1" and error["error"]["request_id"] == "abc-1"
+
+
+def test_a_client_that_hangs_up_cancels_its_route_and_is_counted_as_499():
+    """The body is in, the route is still working, the client leaves: the route is cancelled, nothing is sent."""
+    route = {"cancelled": False}
+
+    async def slow_route(scope, receive, send):
+        await receive()                   # the body
+        try:
+            await asyncio.sleep(3600)     # waiting on the batcher, say
+        except asyncio.CancelledError:
+            route["cancelled"] = True
+            raise
+
+    messages = [{"type": "http.request", "body": b"img", "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.05)         # the client gives up after 50 ms
+        return {"type": "http.disconnect"}
+
+    class Metrics:
+        def __init__(self):
+            from unittest.mock import MagicMock
+            self.in_flight, self.seen = MagicMock(), []
+
+        def observe_request(self, path, status, seconds):
+            self.seen.append(status)
+
+    metrics = Metrics()
+    sent = call(RequestLimits(slow_route, max_body_bytes=100, metrics=metrics), receive)
+    assert route["cancelled"] and sent == [] and metrics.seen == [499]

@@ -15,6 +15,10 @@ so it costs a few microseconds and sees the raw byte stream:
 * **shutdown**: when the server starts to stop (SIGTERM), a body still
   being read ends at once with 503 and the connection closes, so one slow
   uploader cannot hold the whole shutdown for its grace period;
+* a **client that leaves**: once the body is in, the connection is watched
+  for the client hanging up; if it does before the answer is sent, the route
+  is cancelled (its images leave the batcher's queue unrun) and the request
+  is counted with status 499, nginx's "client closed request";
 * the **last resort**: an exception no handler answered becomes one log
   record with its traceback and a 500 JSON error that still carries the
   request id, in the body and in ``X-Request-ID``;
@@ -52,6 +56,7 @@ from phase3_production.serving.errors import error_body
 log = logging.getLogger("ml60.serve")
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+CLIENT_CLOSED_REQUEST = 499   # nginx's status for a client that hung up before its answer; never sent
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -138,7 +143,9 @@ class RequestLimits:
                 if body.outcome != "complete":
                     await self.refuse(body, scope, receive, send_with_id, request_id)
                     return
-                receive = _replay(body.data, receive)
+                if await self.run_unless_client_leaves(scope, _replay(body.data, receive), receive, send_with_id):
+                    response["status"] = CLIENT_CLOSED_REQUEST
+                return
             await self.app(scope, receive, send_with_id)
         except Exception:   # noqa: BLE001 - the last resort: one log record, a JSON 500, the request id
             log.exception("request %s failed", request_id)
@@ -152,6 +159,34 @@ class RequestLimits:
                 path = getattr(route, "path", None) or (
                     scope["path"] if scope["path"] in self.known_paths else "unmatched")
                 self.metrics.observe_request(path, response["status"], time.perf_counter() - start)
+
+    async def run_unless_client_leaves(self, scope, replayed, receive, send) -> bool:
+        """Run the app; if the client hangs up first, cancel it.  True when the client left.
+
+        The body has been read, so the next message the server can give is
+        ``http.disconnect``: when the client closes its connection (and, in
+        uvicorn, when the response is complete).  Waiting for it beside the app
+        turns a client that gave up into a cancelled route, so the work queued
+        for it (the batcher's rows) is dropped rather than done for nobody.
+        """
+        answering = asyncio.ensure_future(self.app(scope, replayed, send))
+        leaving = asyncio.ensure_future(_disconnect(receive))
+        try:
+            await asyncio.wait({answering, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:      # the server itself cancelled us: take the route down too
+            answering.cancel()
+            raise
+        finally:
+            leaving.cancel()
+        if not answering.done():
+            answering.cancel()
+            try:
+                await answering
+            except asyncio.CancelledError:
+                pass
+            return True
+        answering.result()                  # re-raise what the route raised (the last resort answers it)
+        return False
 
     async def read_body(self, scope, receive) -> Body:
         """The whole body, or why not: over the limit, past the deadline, the server stopping, the client gone."""
@@ -244,6 +279,12 @@ async def _send_error(send, status: int, code: str, message: str, request_id: st
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *closing, *(headers or [])]})
     await send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+
+async def _disconnect(receive) -> None:
+    """Return when ``receive`` says the client is gone; anything else it hands out is dropped."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _replay(body: bytes, receive):
