@@ -75,8 +75,10 @@ exercises: $(STAMP)
 	@$(PY) -m ml60 exercises $(or $(M),all)
 
 # Every check proven able to fail: each exercise's stub and shipped wrong answers are mutants it must kill.
+# Then mutmut's own mutants of the modules whose correctness the course teaches (tens of minutes; M= skips them).
 mutate: $(TEST_STAMP)
 	@$(PY) -m ml60 mutate $(or $(M),all)
+	@$(if $(M),true,$(PY) -m ml60.mutation)
 
 exercise check solution diff: $(STAMP)
 	@test -n "$(M)" || { echo "name the milestone: make $@ M=p1-numpy (make exercises lists them)"; exit 2; }

@@ -317,16 +317,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     full_train = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
                               subset=(QUICK["subset"] if args.quick else None), announce=lambda m: None)
-    test_evaluations = 0
+    test_passes: list[dict] = []     # one entry per pass over the test set, written by the test loader itself
 
     def retrain(params: dict):
         print(f"\n-- The winner ({_short(params)}), retrained on all {len(full_train.train):,} training images "
               f"for {plan['final_epochs']} epochs, then the one look at the test set --")
-        return train_once(params, full_train, epochs=plan["final_epochs"], device=device, seed=args.seed)
+        trainer, history, test_loader = train_once(params, full_train, epochs=plan["final_epochs"], device=device,
+                                                   seed=args.seed)
+        return trainer, history, RecordedLoader(test_loader, test_passes)
 
     def look_at_test(trained) -> float:
-        nonlocal test_evaluations
-        test_evaluations += 1
         trainer, _, test_loader = trained
         return trainer.evaluate(test_loader)["accuracy"]
 
@@ -346,9 +346,10 @@ def main(argv: list[str] | None = None) -> dict:
                       plan=plan, trials=rows, trial_count=len(study.trials), complete_trials=len(complete),
                       pruned_trials=sum(t.state.name == "PRUNED" for t in study.trials),
                       best_trial=best.number, best_params=best.params, best_val_accuracy=best.value,
-                      final={"train_size": len(full_train.train), "epochs": plan["final_epochs"],
-                             "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": test_accuracy},
-                      test_accuracy=test_accuracy, test_evaluations=test_evaluations,
+                      final={"train_size": len(full_train.train), "test_size": len(full_train.test),
+                             "epochs": plan["final_epochs"], "val_accuracy": history[-1]["val_accuracy"],
+                             "test_accuracy": test_accuracy},
+                      test_accuracy=test_accuracy, test_set_passes=test_passes, test_evaluations=len(test_passes),
                       study_storage=str(run_dir / "study.db"))
 
 
@@ -361,11 +362,58 @@ def check(metrics: dict) -> list[str]:
         problems.append(f"only {len(trials)} trials, {len(values)} of them complete: too few to call it a search")
     if values and abs(max(values) - round(metrics.get("best_val_accuracy", -1), 4)) > 1e-4:
         problems.append("the chosen configuration is not the best on validation")
-    if metrics.get("test_evaluations") != 1:
-        problems.append("the test set must be evaluated exactly once")
+    problems += problems_with_test_passes(metrics)
     if is_full_real_run(metrics) and not metrics.get("test_accuracy", 0) >= 0.70:
         problems.append(f"the chosen configuration reaches only {metrics.get('test_accuracy')} on test")
     return problems
+
+
+def problems_with_test_passes(metrics: dict) -> list[str]:
+    """What the run's own record of test-set passes says against "the test set judges once".
+
+    The evidence is ``test_set_passes``, written by :class:`RecordedLoader`
+    while the images were read, not a figure the script asserts about
+    itself: one pass, over the whole test set.
+    """
+    passes = metrics.get("test_set_passes")
+    if passes is None:
+        return ["the run kept no record of its passes over the test set (no test_set_passes in metrics.json); "
+                "run p2-search again"]
+    if len(passes) != 1:
+        return [f"the test set was read {len(passes)} times (test_set_passes): it must judge once, the retrained "
+                "winner alone; every further look lets the test set help choose"]
+    test_size = metrics.get("final", {}).get("test_size")
+    if passes[0].get("images") != test_size:
+        return [f"the one pass over the test set read {passes[0].get('images')} images of {test_size}: the test "
+                "accuracy must be measured on the whole test set"]
+    return []
+
+
+class RecordedLoader:
+    """A loader that records every pass over it: the test set's own log of how often it was looked at.
+
+    "Evaluated exactly once" is only as good as its evidence.  A counter
+    kept by the function *meant* to look at the test set misses every other
+    look: the test loader handed to ``fit`` as if it were validation data, a
+    quick peek while debugging.  So the record is written where the images
+    are read: each time iteration over the loader begins, one entry
+    ``{"pass": k, "images": n}`` is appended to ``passes`` (``n`` counts the
+    images actually read, so a pass stopped early shows it).  ``check`` counts
+    the entries.
+    """
+
+    def __init__(self, loader, passes: list[dict]):
+        self.loader, self.passes = loader, passes
+
+    def __iter__(self):
+        record = {"pass": len(self.passes) + 1, "images": 0}
+        self.passes.append(record)
+        for images, labels in self.loader:
+            record["images"] += len(labels)
+            yield images, labels
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 if __name__ == "__main__":

@@ -103,8 +103,44 @@ def test_quick_search_chooses_on_validation_and_resumes(tmp_path):
     metrics = p2_search.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu", "--trials", "3"])
     assert p2_search.check(metrics) == []
     assert metrics["trial_count"] == 3 and metrics["test_evaluations"] == 1
+    # the loader's own record: one pass, over every test image
+    assert metrics["test_set_passes"] == [{"pass": 1, "images": metrics["final"]["test_size"]}]
     for name in ("study.db", "results.csv", "results.md", "trials.png"):
         assert (tmp_path / name).is_file(), name
     again = p2_search.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu", "--trials", "2"])
     assert again["trial_count"] == 5  # the SQLite study was resumed, not restarted
     assert p2_search.check(again) == []
+
+
+def searched_run(passes: list[dict], **changes) -> dict:
+    """The figures ``check`` reads from a quick search that recorded ``passes`` over its 1,000 test images."""
+    metrics = {"quick": True, "trials": [{"trial": 0, "state": "complete", "val_accuracy": 0.41},
+                                         {"trial": 1, "state": "complete", "val_accuracy": 0.38}],
+               "best_val_accuracy": 0.41, "final": {"test_size": 1000}, "test_accuracy": 0.4,
+               "test_set_passes": passes, "test_evaluations": 1}
+    return metrics | changes
+
+
+@search_mark
+def test_check_counts_the_passes_over_the_test_set_that_the_run_recorded():
+    """``check`` believes the loader's record, not a count the script claims ("test_evaluations": 1 in each)."""
+    once = [{"pass": 1, "images": 1000}]
+    assert p2_search.check(searched_run(once)) == []
+    twice = p2_search.check(searched_run(once + [{"pass": 2, "images": 1000}]))
+    assert twice == ["the test set was read 2 times (test_set_passes): it must judge once, the retrained winner "
+                     "alone; every further look lets the test set help choose"]
+    assert any("read 200 images of 1000" in p for p in p2_search.check(searched_run([{"pass": 1, "images": 200}])))
+    unrecorded = searched_run(once)
+    del unrecorded["test_set_passes"]
+    assert any("no record of its passes over the test set" in p for p in p2_search.check(unrecorded))
+
+
+@search_mark
+def test_recorded_loader_logs_every_pass_and_the_images_it_read():
+    batches = [(np.zeros((4, 3)), np.arange(4)), (np.zeros((2, 3)), np.arange(2))]
+    passes: list[dict] = []
+    loader = p2_search.RecordedLoader(batches, passes)
+    assert len(loader) == 2 and sum(len(y) for _, y in loader) == 6
+    for _ in loader:        # a peek: one batch, then stop
+        break
+    assert passes == [{"pass": 1, "images": 6}, {"pass": 2, "images": 4}]

