@@ -957,7 +957,8 @@ class TestLimits:
 
         five = [{"type": "http.request", "body": b"x" * 5, "more_body": True}] * 5
         assert linger(self.receive_of(*five)) == 15                             # stops once past linger_bytes
-        assert linger(self.receive_of({"type": "http.request", "body": b"abc"})) == 3   # no more_body: the end
+        last = {"type": "http.request", "body": b"abc"}                         # no more_body: the end
+        assert linger(self.receive_of(last, {"type": "http.request", "body": b"not read"})) == 3
         assert linger(self.receive_of({"type": "http.disconnect"})) == 0
         start = time.perf_counter()
         assert linger(self.receive_of()) == 0 and time.perf_counter() - start < 0.8     # a silent client: linger_s
