@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             print(f"  {'ok ' if r['ok'] else 'BAD'} {r['case']:<52} expected {r['expected']:<28} got {r['got']}")
         alive = request(port, "GET", "/healthz").status == 200
 
-        print("\n-- 4. A burst of 64 concurrent requests (micro-batching gathers them) --")
+        print("\n-- 4. A burst of 64 requests from 16 threads (batched only from BATCH_THRESHOLD in flight) --")
         before = batch_sizes_seen(port)
         statuses = burst(port, images[:64] if len(images) >= 64 else np.resize(images, (64, *images.shape[1:])), 16)
         after = batch_sizes_seen(port)

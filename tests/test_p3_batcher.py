@@ -171,23 +171,28 @@ def test_the_next_batch_waits_in_the_model_thread_not_on_the_event_loop(always_b
         "the model thread sat idle, waiting for the event loop to hand it the next batch")
 
 
-def test_the_tuning_settings_from_the_environment_are_checked(monkeypatch):
-    from phase3_production.serving.batcher import whole_number_from_env
+def test_the_tuning_settings_come_from_the_environment_through_settings(monkeypatch):
+    """Settings reads BATCH_THRESHOLD and BATCHES_IN_FLIGHT (checked, named in the error); the batcher takes them."""
+    from phase3_production.serving.config import Settings
 
-    for name in ("BATCHES_IN_FLIGHT", "BATCH_THRESHOLD"):
+    for name in ("BATCHES_IN_FLIGHT", "BATCH_THRESHOLD", "MAX_BATCH"):
         monkeypatch.delenv(name, raising=False)
     default = MicroBatcher(lambda x: x, max_batch=8)
     assert (default.batches_in_flight, default.batch_threshold) == (2, 8)
     monkeypatch.setenv("BATCHES_IN_FLIGHT", "1")
     monkeypatch.setenv("BATCH_THRESHOLD", "0")
-    tuned = MicroBatcher(lambda x: x)
-    assert (tuned.batches_in_flight, tuned.batch_threshold) == (1, 0)
-    for bad in ("0", "two", "-1", "1.5"):
-        monkeypatch.setenv("BATCHES_IN_FLIGHT", bad)
-        with pytest.raises(ValueError, match="BATCHES_IN_FLIGHT"):
-            MicroBatcher(lambda x: x)
-    monkeypatch.setenv("BATCH_THRESHOLD", "-1")
-    with pytest.raises(ValueError, match="BATCH_THRESHOLD"):
-        whole_number_from_env("BATCH_THRESHOLD", 32, minimum=0)
+    settings = Settings.from_env()
+    assert (settings.batches_in_flight, settings.batch_threshold) == (1, 0)
+    monkeypatch.setenv("BATCHES_IN_FLIGHT", "5")
+    monkeypatch.setenv("BATCH_THRESHOLD", "7")
+    assert (Settings.from_env().batches_in_flight, Settings.from_env().batch_threshold) == (5, 7)
+    for name, bad in (("BATCHES_IN_FLIGHT", "0"), ("BATCHES_IN_FLIGHT", "two"), ("BATCH_THRESHOLD", "-1"),
+                      ("BATCH_THRESHOLD", "1.5")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env()
+        monkeypatch.setenv(name, "1")
     with pytest.raises(ValueError, match="batches_in_flight"):
         MicroBatcher(lambda x: x, batches_in_flight=0, batch_threshold=0)
+    with pytest.raises(ValueError, match="batch_threshold"):
+        MicroBatcher(lambda x: x, batch_threshold=-1)

@@ -287,7 +287,8 @@ def test_the_decode_budget_refuses_or_queues_the_decode_that_does_not_fit(model_
     monkeypatch.setattr(decoding, "decode_upload", held_decode)
 
     async def scenario(wait_s: float):
-        app = make_app(model_dir, DECODE_MEMORY_BYTES=max(price, 4 * 2048 * 2048), DECODE_WAIT_S=wait_s)
+        app = make_app(model_dir, DECODE_MEMORY_BYTES=max(price, 4 * 2048 * 2048), DECODE_WAIT_S=wait_s,
+                       INLINE_DECODE_BYTES=0)   # every decode through the pool and its budget
         budget_bytes = app.state.service.settings.decode_memory_bytes
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:

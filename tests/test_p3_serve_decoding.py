@@ -199,3 +199,53 @@ def test_a_bomb_decodes_beside_the_event_loop_not_on_it(model_dir):
     x, took, worst_gap = asyncio.run(scenario())
     assert x.shape == (3, 32, 32)
     assert worst_gap < took / 3, f"the loop stalled for {worst_gap * 1000:.0f} ms of a {took * 1000:.0f} ms decode"
+
+
+class CountingPool(decoding.DecodePool):
+    """A real pool that counts the uploads sent to its threads."""
+
+    def __init__(self):
+        super().__init__(1, decoding.DecodeBudget(256 * MIB, 1.0))
+        self.trips = 0
+
+    async def run(self, function, *args, **kwargs):
+        self.trips += 1
+        return await super().run(function, *args, **kwargs)
+
+
+def test_a_small_plain_png_decodes_on_the_loop_and_everything_else_in_the_pool(model_dir):
+    """The everyday 32x32 upload skips the trip to a thread (same answer); a zTXt chunk, a JPEG, a large file,
+    or INLINE_DECODE_BYTES=0 sends it to the pool."""
+    import zlib
+
+    from phase3_production.serving.config import Settings
+    from phase3_production.serving.model import ServedModel
+
+    model = ServedModel.load(model_dir)
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = encoded(Image.fromarray(rgb), "PNG")
+    comment = b"c\x00\x00" + zlib.compress(bytes(1 << 20), 9)     # keyword, NUL, method 0, 1 MiB of deflated zeros
+    ztxt = len(comment).to_bytes(4, "big") + b"zTXt" + comment + zlib.crc32(b"zTXt" + comment).to_bytes(4, "big")
+    with_ztxt = png[:33] + ztxt + png[33:]                           # right after IHDR (8 + 25 bytes)
+    uploads = {"plain png": png, "png with zTXt": with_ztxt, "jpeg": encoded(Image.fromarray(rgb), "JPEG"),
+               "png over the size limit": encoded(Image.fromarray(
+                   np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")}
+
+    async def trips(data: bytes, settings: Settings):
+        pool = CountingPool()
+        try:
+            x, features = await decoding.decode(pool, data, settings, model)
+        finally:
+            pool.close()
+        return pool.trips, x
+
+    default = Settings(model_dir=model_dir)
+    found = {name: asyncio.run(trips(data, default)) for name, data in uploads.items()}
+    assert {name: count for name, (count, _) in found.items()} == {
+        "plain png": 0, "png with zTXt": 1, "jpeg": 1, "png over the size limit": 1}
+    assert images.open_checked(with_ztxt).size == (32, 32), "the zTXt test file must be a valid PNG"
+    expected, _ = decoding.decode_upload(png, default, model)
+    np.testing.assert_array_equal(found["plain png"][1], expected)
+    assert asyncio.run(trips(png, Settings(model_dir=model_dir, inline_decode_bytes=0)))[0] == 1
+    with pytest.raises(ValueError, match="INLINE_DECODE_BYTES"):
+        Settings(model_dir=model_dir, inline_decode_bytes=-1)

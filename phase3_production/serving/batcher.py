@@ -63,7 +63,6 @@ compares against.
 from __future__ import annotations
 
 import asyncio
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -71,21 +70,6 @@ import numpy as np
 
 Predict = Callable[[np.ndarray], np.ndarray]
 BATCHES_IN_FLIGHT = 2    # the default: one batch running, the next one waiting behind it
-
-
-def whole_number_from_env(name: str, default: int | None, minimum: int) -> int | None:
-    """The environment variable ``name`` as a whole number >= ``minimum``, or ``default`` when it is unset.
-
-    The batcher reads its two tuning settings, ``BATCHES_IN_FLIGHT`` and
-    ``BATCH_THRESHOLD``, this way when its caller passes none, so that
-    ``make p3-load`` can compare values without a code change.
-    """
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < minimum:
-        raise ValueError(f"environment variable {name}={value!r}: expected a whole number >= {minimum}")
-    return int(value)
 
 
 class Saturated(Exception):
@@ -159,15 +143,14 @@ def withdraw_when_abandoned(call: asyncio.Future, futures: list) -> None:
 
 class MicroBatcher:
     def __init__(self, predict: Predict, *, enabled: bool = True, max_batch: int = 32, max_wait_ms: float = 0.0,
-                 max_queue: int = 256, batch_threshold: int | None = None, batches_in_flight: int | None = None,
-                 on_batch: Callable[[int], None] | None = None):
-        """``batch_threshold``: images in flight from which requests are batched (default ``BATCH_THRESHOLD``
-        from the environment, else ``max_batch``; 0 batches always).  ``batches_in_flight``: batches handed
-        to the model thread at once (default ``BATCHES_IN_FLIGHT`` from the environment, else 2)."""
+                 max_queue: int = 256, batch_threshold: int | None = None,
+                 batches_in_flight: int = BATCHES_IN_FLIGHT, on_batch: Callable[[int], None] | None = None):
+        """``batch_threshold``: images in flight from which requests are batched (None: ``max_batch``;
+        0 batches always).  ``batches_in_flight``: batches handed to the model thread at once.  The service
+        passes its :class:`~config.Settings` (``BATCH_THRESHOLD``, ``BATCHES_IN_FLIGHT``, ...): the settings
+        are the one reader of the environment."""
         if batch_threshold is None:
-            batch_threshold = whole_number_from_env("BATCH_THRESHOLD", max_batch, minimum=0)
-        if batches_in_flight is None:
-            batches_in_flight = whole_number_from_env("BATCHES_IN_FLIGHT", BATCHES_IN_FLIGHT, minimum=1)
+            batch_threshold = max_batch
         if max_batch < 1 or max_queue < 1 or batches_in_flight < 1 or max_wait_ms < 0 or batch_threshold < 0:
             raise ValueError(f"max_batch ({max_batch}), max_queue ({max_queue}) and batches_in_flight "
                              f"({batches_in_flight}) must be >= 1; max_wait_ms ({max_wait_ms}) and "

@@ -83,7 +83,8 @@ class Settings:
     drift_check_every: int = 25
     drift_alpha: float = 1e-4               # per check, family-wise (Holm inside the KS family)
     allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
-    # Decoding: never on the event loop, at most this many at once, within one memory budget.
+    # Decoding: off the event loop (but for small plain PNGs), at most this many at once, within one budget.
+    inline_decode_bytes: int = 8 * 1024     # a plain PNG this small, of <= 64x64 pixels, decodes on the loop (0: never)
     decode_threads: int = 2                 # worker threads that decode images
     decode_memory_bytes: int = 256 * MIB    # decoded pixels held at once, shared by every decode in flight
     decode_wait_s: float = 2.0              # how long a decode may wait for budget before a 503
@@ -127,6 +128,7 @@ class Settings:
             drift_window=_env("DRIFT_WINDOW", 200, int),
             drift_check_every=_env("DRIFT_CHECK_EVERY", 25, int),
             drift_alpha=_env("DRIFT_ALPHA", 1e-4, float),
+            inline_decode_bytes=_env("INLINE_DECODE_BYTES", 8 * 1024, int),
             decode_threads=_env("DECODE_THREADS", 2, int),
             decode_memory_bytes=_env("DECODE_MEMORY_BYTES", 256 * MIB, int),
             decode_wait_s=_env("DECODE_WAIT_S", 2.0, float),
@@ -145,7 +147,7 @@ POSITIVE = ("max_batch", "max_queue", "max_body_bytes", "max_image_bytes", "max_
             "intra_op_threads", "recent_predictions", "feedback_window", "drift_window", "drift_check_every",
             "decode_threads", "decode_memory_bytes", "body_timeout_s", "limit_concurrency", "max_header_bytes",
             "batches_in_flight")
-NOT_NEGATIVE = ("max_wait_ms", "retry_after_s", "decode_wait_s", "linger_s", "linger_bytes", "keep_alive_s",
+NOT_NEGATIVE = ("max_wait_ms", "inline_decode_bytes", "retry_after_s", "decode_wait_s", "linger_s", "linger_bytes", "keep_alive_s",
                 "graceful_shutdown_s")
 
 

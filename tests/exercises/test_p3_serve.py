@@ -409,3 +409,135 @@ async def gather_ignores_max_batch(queue, max_batch, max_wait_s):
     while not queue.empty():
         batch.append(queue.get_nowait())
     return batch
+
+
+# --------------------------------------------------------------------------- p3-serve.4 small enough for the loop
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_with(width: int, height: int, extra_chunks: bytes = b"", noise: bool = False) -> bytes:
+    """A complete 8-bit RGB PNG, flat or noisy, with ``extra_chunks`` between IHDR and IDAT."""
+    rng = np.random.default_rng(0)
+    rows = [b"\x00" + (rng.integers(0, 256, 3 * width, dtype=np.uint8).tobytes() if noise else bytes(3 * width))
+            for _ in range(height)]
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + extra_chunks
+            + png_chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + png_chunk(b"IEND", b""))
+
+
+def inline(name: str, data: bytes, inline_bytes: int = 8192):
+    from phase3_production.serving import decoding
+    try:
+        answer = decoding.cheap_enough_for_the_loop(data, inline_bytes)
+    except NotImplementedError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - the answer for damaged bytes is False, never an exception
+        expect(False, f"{name}: cheap_enough_for_the_loop raised {type(exc).__name__} ({exc}); damaged or short "
+                      "bytes are simply not cheap: return False and let the pool's checked decode say why")
+    expect(isinstance(answer, bool), f"{name}: returned {answer!r}, expected True or False")
+    return answer
+
+
+@exercise("p3-serve.4")
+def test_a_cifar_sized_png_decodes_on_the_loop():
+    for size in ((32, 32), (64, 64), (1, 1)):
+        data = png_with(*size, noise=size == (32, 32))
+        expect(inline(f"a plain {size[0]}x{size[1]} PNG of {len(data):,} bytes", data),
+               f"a plain {size[0]}x{size[1]} PNG of {len(data):,} bytes (limit 8,192, at most 64x64 pixels, "
+               "IHDR, IDAT, IEND) was sent to the pool: it is the service's everyday upload, and the trip to a "
+               "thread costs more than its decode")
+    with_metadata = png_with(32, 32, png_chunk(b"gAMA", struct.pack(">I", 45455)) + png_chunk(b"pHYs", bytes(9)))
+    expect(inline("a 32x32 PNG with gAMA and pHYs chunks", with_metadata),
+           "a 32x32 PNG with gAMA and pHYs chunks was sent to the pool: those are small, uncompressed "
+           "chunks of the image itself, allowed by PLAIN_PNG_CHUNKS")
+
+
+@exercise("p3-serve.4")
+def test_other_formats_and_damaged_bytes_go_to_the_pool():
+    expect(not inline("a 16x12 JPEG", encoded("JPEG")), "a JPEG was judged cheap: only a PNG's bytes are read here")
+    expect(not inline("8 bytes of PNG signature", b"\x89PNG\r\n\x1a\n"), "a bare PNG signature was judged cheap")
+    plain = png_with(32, 32)
+    expect(not inline("a PNG cut before IEND", plain[:-12]),
+           "a PNG whose chunks stop before IEND was judged cheap: walk the chunks to IEND; running out of bytes "
+           "first means damaged, so False")
+    expect(not inline("text", b"not a png at all" * 10), "plain text was judged cheap")
+
+
+@exercise("p3-serve.4")
+def test_the_size_and_the_pixels_are_both_bounded():
+    noisy = png_with(64, 64, noise=True)
+    expect(not inline(f"a noisy 64x64 PNG of {len(noisy):,} bytes", noisy),
+           f"a {len(noisy):,}-byte PNG was judged cheap with inline_bytes=8,192: check the size first")
+    expect(not inline("a 32x32 PNG with inline_bytes=0", png_with(32, 32), inline_bytes=0),
+           "inline_bytes=0 must send everything to the pool")
+    flat = png_with(1000, 1000)
+    expect(not inline(f"a flat 1000x1000 PNG of only {len(flat):,} bytes", flat),
+           f"a 1000x1000 PNG of {len(flat):,} bytes was judged cheap: a flat image compresses to almost nothing, "
+           "so a small file can hold a million pixels; read width and height from IHDR (bytes 16-24) and "
+           "compare width x height with INLINE_PIXELS")
+
+
+@exercise("p3-serve.4")
+def test_compressed_or_many_chunks_go_to_the_pool():
+    ztxt = png_with(32, 32, png_chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(bytes(1 << 20), 9)))
+    expect(not inline(f"a 32x32 PNG of {len(ztxt):,} bytes with a zTXt chunk", ztxt),
+           f"a {len(ztxt):,}-byte PNG with a zTXt chunk that inflates to 1 MiB was judged cheap: opening it "
+           "inflates the text (10 ms on the loop per 3 KB); a compressed text chunk must send it to the pool: "
+           "allow only the kinds in PLAIN_PNG_CHUNKS")
+    many = png_with(32, 32, png_chunk(b"tIME", bytes(7)) * 40)
+    expect(not inline(f"a 32x32 PNG with {40 + 3} chunks", many),
+           "a PNG of 43 chunks was judged cheap: walk at most INLINE_CHUNKS chunks (a file of thousands of tiny "
+           "chunks costs the loop a step each)")
+
+
+@wrong_answer("p3-serve.4", diagnosis="check the size first")
+def cheap_ignores_the_size(data, inline_bytes):
+    """Only the header and the chunk kinds are read: a large file of allowed chunks is decoded on the loop."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR" or len(data) < 24:
+        return False
+    width, height = struct.unpack(">II", data[16:24])
+    return width * height <= 64 * 64 and walks_to_iend(data, 16)
+
+
+@wrong_answer("p3-serve.4", diagnosis="compare width x height with INLINE_PIXELS")
+def cheap_ignores_the_pixels(data, inline_bytes):
+    """The file's size is taken as the cost: a flat image of a million pixels is decoded on the loop."""
+    return len(data) <= inline_bytes and data.startswith(b"\x89PNG\r\n\x1a\n") and walks_to_iend(data, 16)
+
+
+@wrong_answer("p3-serve.4", diagnosis="allow only the kinds in PLAIN_PNG_CHUNKS")
+def cheap_ignores_chunk_kinds(data, inline_bytes):
+    """Size and pixels are checked, but a zTXt chunk (inflated while the file opens) passes."""
+    if len(data) > inline_bytes or not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 24:
+        return False
+    width, height = struct.unpack(">II", data[16:24])
+    return width * height <= 64 * 64 and walks_to_iend(data, 16, any_kind=True)
+
+
+@wrong_answer("p3-serve.4", diagnosis="walk at most INLINE_CHUNKS chunks")
+def cheap_walks_every_chunk(data, inline_bytes):
+    """The chunk walk has no bound: a file of thousands of tiny chunks costs the loop a step each."""
+    if len(data) > inline_bytes or not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 24:
+        return False
+    width, height = struct.unpack(">II", data[16:24])
+    return width * height <= 64 * 64 and walks_to_iend(data, 10_000)
+
+
+def walks_to_iend(data: bytes, max_chunks: int, any_kind: bool = False) -> bool:
+    """Helper of the wrong answers: True when the chunk walk reaches IEND within ``max_chunks`` steps."""
+    plain = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs", b"bKGD",
+             b"tIME"}
+    offset = 8
+    for _ in range(max_chunks):
+        if offset + 8 > len(data):
+            return False
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        if not any_kind and kind not in plain:
+            return False
+        if kind == b"IEND":
+            return True
+        offset += 12 + length
+    return False
