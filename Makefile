@@ -7,6 +7,8 @@
 #   make p1-train DATA_DIR=/datasets   where the datasets live (default ./data)
 #   make p2-cnn NPROC=2        data-parallel training: torchrun --standalone --nproc_per_node=2
 #   make exercise M=p1-numpy   turn a milestone's reference answers into stubs; make check M=p1-numpy grades them
+#   make p1-numpy RUN=momentum0 ARGS='--momentum 0'   a named run in runs/p1-numpy/momentum0/
+#   make compare M=p1-numpy    every run of a milestone side by side: a table and runs/p1-numpy/compare.png
 
 SHELL   := /bin/bash
 PYTHON  ?= python3
@@ -27,6 +29,10 @@ export ML60_DEVICE := $(DEVICE)
 export QUICK
 NPROC   ?= 1
 export ML60_NPROC := $(NPROC)
+# RUN=name: a named run, kept in runs/<milestone>/<name>/ beside the others (make compare M=... shows them all)
+ifdef RUN
+export ML60_RUN := $(RUN)
+endif
 # Only a DATA_DIR that was asked for reaches the code: it also switches on the
 # real-data tests, which must then find the data or fail.
 ifdef DATA_DIR
@@ -37,7 +43,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test progress exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
+.PHONY: help install quickstart test progress compare exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -69,6 +75,10 @@ test: $(TEST_STAMP)
 
 progress: $(STAMP)
 	@$(PY) -m ml60 progress
+
+compare: $(STAMP)
+	@test -n "$(M)" || { echo "name the milestone: make compare M=p1-numpy"; exit 2; }
+	@$(PY) -m ml60 compare $(M)
 
 # Exercises: M= names a milestone (p1-numpy) or one exercise (p1-numpy.3).
 exercises: $(STAMP)

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from common.runs import run_dir_for, update_metrics
+from common.runs import check_run_name, final_folder, moved_paths, publish_run, run_path, stage_run, to_jsonable, update_metrics
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 
@@ -36,7 +36,11 @@ def milestone_parser(milestone_id: str, description: str | None) -> argparse.Arg
                         help="auto | cpu | cuda | mps (default: $DEVICE, else auto)")
     parser.add_argument("--data-dir", default=None,
                         help="folder holding the datasets (default: $DATA_DIR, else ./data)")
-    parser.add_argument("--run-dir", default=None, help=f"where outputs go (default: runs/{milestone_id})")
+    parser.add_argument("--run-dir", default=None,
+                        help=f"where outputs go (default: runs/{milestone_id}/, quick runs runs/{milestone_id}/quick/)")
+    parser.add_argument("--run-name", type=run_name_argument, default=os.environ.get("ML60_RUN") or None,
+                        help=f"a named run, kept beside the others in runs/{milestone_id}/NAME/ (also RUN=NAME); "
+                             "`make compare` shows every run of a milestone side by side")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
 
@@ -46,13 +50,29 @@ def is_full_real_run(metrics: dict) -> bool:
     return not metrics.get("quick") and bool(metrics.get("data", {}).get("real_data"))
 
 
+def run_name_argument(value: str) -> str:
+    try:
+        return check_run_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def start_run(milestone_id: str, args: argparse.Namespace) -> Path:
-    """Create the run folder and return it; a fresh run replaces the old ``metrics.json``."""
-    run_dir = run_dir_for(milestone_id, args.run_dir)
-    (run_dir / "metrics.json").unlink(missing_ok=True)
+    """The folder this run writes into: a staging folder that takes the run's place when it finishes.
+
+    The run's own folder is ``--run-dir`` if given, else ``runs/<id>/``
+    (``quick/`` for a quick run, ``NAME/`` for ``--run-name NAME``); see
+    :mod:`common.runs`.  Until :func:`finish_run`, the previous run there
+    stays whole: a failed or interrupted run destroys nothing.
+    """
+    run_name = getattr(args, "run_name", None)
+    final = Path(args.run_dir) if args.run_dir is not None else run_path(
+        milestone_id, name=run_name, quick=bool(args.quick))
+    staging = stage_run(final)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, even in a log file
-    return run_dir
+    print(f"[run] {milestone_id}: this run goes to {final}/ when it finishes")
+    return staging
 
 
 def finish_run(run_dir: Path, milestone_id: str, args: argparse.Namespace, *, key_figure: dict,
@@ -64,7 +84,15 @@ def finish_run(run_dir: Path, milestone_id: str, args: argparse.Namespace, *, ke
     """
     from common.benchmark import environment_stamp
 
-    return update_metrics(
-        run_dir, milestone=milestone_id, quick=bool(args.quick), seed=args.seed,
-        finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        key_figure=key_figure, environment=environment_stamp(), **metrics)
+    header = dict(milestone=milestone_id, quick=bool(args.quick), seed=args.seed,
+                  run_name=getattr(args, "run_name", None), arguments=dict(vars(args)),
+                  finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  key_figure=key_figure, environment=environment_stamp())
+    final = final_folder(run_dir)
+    if final is None:                      # a folder start_run did not stage: write in place
+        return update_metrics(run_dir, **header, **metrics)
+    written = update_metrics(run_dir, **moved_paths(to_jsonable({**header, **metrics}), Path(run_dir), final))
+    publish_run(run_dir)
+    files = sorted(p.name for p in final.iterdir() if not p.name.startswith(".") and (final / p.name).is_file())
+    print(f"[run] {final}/ now holds this run: {', '.join(files)}")
+    return written

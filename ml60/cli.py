@@ -7,6 +7,7 @@ Commands:
     phase N [ARGS...]    run every built milestone of phase N in order
     quickstart           every built milestone in quick mode, then a summary table
     progress             per milestone: built? run? key figure? check passing? exercises solved?
+    compare ID           every run of one milestone side by side: a table and runs/ID/compare.png
     exercises [SEL]      list the exercises (SEL: a milestone id, one exercise id, or all)
     exercise SEL [--force]   turn the reference answers into stubs for the learner to write
     check SEL            grade the code in the tree, one line per exercise
@@ -108,8 +109,9 @@ def cmd_phase(args: list[str]) -> int:
     return 0
 
 
-def read_metrics(m: Milestone) -> dict | None:
-    path = runs_root() / m.id
+def read_metrics(m: Milestone, *, quick: bool | None = None) -> dict | None:
+    """The metrics of the milestone's run: its quick or full run, or (``quick=None``) the full one if any."""
+    path = runs.upstream_run(m.id) if quick is None else runs.run_path(m.id, quick=quick)
     if not (path / "metrics.json").is_file():
         return None
     try:
@@ -135,13 +137,13 @@ def cmd_quickstart() -> int:
         start = time.perf_counter()
         code = run_milestone(m, ["--quick"])
         seconds = time.perf_counter() - start
-        metrics = read_metrics(m) if code == 0 else None
+        metrics = read_metrics(m, quick=True) if code == 0 else None
         if code:
             failed += 1
         data = _data_kind(metrics)
         used_stand_in = used_stand_in or data == "offline stand-in"
         rows.append((m.id, "FAILED (exit %d)" % code if code else key_figure_text(metrics), data,
-                     f"{seconds:.0f}s", str(runs_root() / m.id) + "/"))
+                     f"{seconds:.0f}s", str(runs.run_path(m.id, quick=True)) + "/"))
     print("\n" + _table(("milestone", "key figure", "data", "time", "output"), rows))
     if used_stand_in:
         print("\nSome milestones ran on an offline stand-in because the real dataset was not found. Put it in "
@@ -163,6 +165,7 @@ def _data_kind(metrics: dict | None) -> str:
 
 
 def cmd_progress() -> int:
+    from ml60.compare import find_runs
     from ml60.grading import solved_counts
 
     print("Grading the exercises in the tree (make check M=<id> says which and why)...", flush=True)
@@ -183,9 +186,25 @@ def cmd_progress() -> int:
             continue
         kind = "quick run" if metrics.get("quick") else "full run"
         when = metrics.get("finished_utc", "?")
-        rows.append((m.id, m.days, exercises, f"{kind} {when}", key_figure_text(metrics), _check(m, metrics)))
+        others = len(find_runs(m.id)) - 1
+        more = f" (+{others}: make compare M={m.id})" if others > 0 else ""
+        rows.append((m.id, m.days, exercises, f"{kind} {when}{more}", key_figure_text(metrics), _check(m, metrics)))
     print(_table(("milestone", "days", "exercises solved", "run", "key figure", "check"), rows))
     return 0
+
+
+def cmd_compare(args: list[str]) -> int:
+    if len(args) != 1:
+        print("usage: python -m ml60 compare ID   (make compare M=p1-numpy)", file=sys.stderr)
+        return 2
+    try:
+        m = by_id(args[0])
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    from ml60.compare import compare
+
+    return compare(m.id)
 
 
 def _check(m: Milestone, metrics: dict) -> str:
@@ -212,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("help", [])
     commands = {"help": lambda: cmd_help(), "ids": lambda: cmd_ids(), "run": lambda: cmd_run(rest),
                 "phase": lambda: cmd_phase(rest), "quickstart": lambda: cmd_quickstart(),
-                "progress": lambda: cmd_progress()}
+                "progress": lambda: cmd_progress(), "compare": lambda: cmd_compare(rest)}
     from ml60 import exercise_commands
 
     commands.update({name: (lambda f=f: exercise_commands.dispatch(f, rest))

@@ -124,28 +124,32 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 
 def numerical_gradient_check(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *,
                              samples_per_param: int = 25, eps: float = 1e-6,
-                             rng: np.random.Generator) -> dict[str, float]:
-    """Compare backward() with a centred difference at random coordinates, in float64.
+                             rng: np.random.Generator, dtype=np.float64) -> dict[str, float]:
+    """Compare backward() with a centred difference at random coordinates, in float64 unless told otherwise.
 
     (f(w + eps) - f(w - eps)) / (2 eps) has error O(eps^2); in float64 with
     eps = 1e-6 that leaves relative errors around 1e-9 for a correct gradient,
     and around 1e-2 or worse for a wrong one.  The check runs in float64
-    because float32's 7 digits would swamp the difference quotient.
+    because float32's 7 digits would swamp the difference quotient: with
+    ``dtype=np.float32`` the loss moves by eps x gradient, about 1e-7, which
+    is below float32's resolution of a loss near 2.3 (2.4e-7), so the same
+    correct gradient shows errors of tens of percent, as large as a broken
+    backward's.
     """
-    p64 = {k: v.astype(np.float64) for k, v in params.items()}
-    x64 = x.astype(np.float64)
-    _, analytic = loss_and_grads(p64, x64, y)
+    cast = {k: v.astype(dtype) for k, v in params.items()}   # copies: the caller's arrays are not touched
+    xs = x.astype(dtype)
+    _, analytic = loss_and_grads(cast, xs, y)
     errors = {}
     for name in PARAM_NAMES:
-        flat = p64[name].reshape(-1)  # a view: writing into it changes p64[name]
+        flat = cast[name].reshape(-1)  # a view: writing into it changes cast[name]
         coords = rng.choice(flat.size, size=min(samples_per_param, flat.size), replace=False)
         numeric = np.empty(len(coords))
         for i, c in enumerate(coords):
             original = flat[c]
             flat[c] = original + eps
-            plus, _ = loss_and_grads(p64, x64, y)
+            plus, _ = loss_and_grads(cast, xs, y)
             flat[c] = original - eps
-            minus, _ = loss_and_grads(p64, x64, y)
+            minus, _ = loss_and_grads(cast, xs, y)
             flat[c] = original
             numeric[i] = (plus - minus) / (2 * eps)
         errors[name] = relative_error(analytic[name].reshape(-1)[coords], numeric)

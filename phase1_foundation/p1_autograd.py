@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
         "no_grad": no_grad_and_inference_mode(),
     }
     passed = sum(_all_true(v) for v in results.values())
-    print(f"\nResult: {passed}/{len(results)} demonstrations behaved as described. Wrote {run_dir}/graph.png")
+    print(f"\nResult: {passed}/{len(results)} demonstrations behaved as described.")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "demonstrations_passed", "value": passed,
                                   "display": f"{passed}/{len(results)} autograd demonstrations hold"},

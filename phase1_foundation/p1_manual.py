@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy = accuracies["module"]
     label = "test accuracy" + ("" if data.real else " (stand-in data)")
     print(f"\nResult: the twins agree to {max(first['outputs'], worst_weight_gap):.0e}; "
-          f"{100 * accuracy:.2f}% {label} after {epochs} epoch(s). Wrote {run_dir}/twin_curves.png")
+          f"{100 * accuracy:.2f}% {label} after {epochs} epoch(s).")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "test_accuracy", "value": accuracy,
                                   "display": f"twins agree; {100 * accuracy:.2f}% {label}"},

@@ -112,17 +112,17 @@ def matmul_lesson(n: int, rng: np.random.Generator, rounds: int) -> dict:
 # --------------------------------------------------------------------------- 3. gradient checks
 
 
-def gradient_check_lesson(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict:
-    print("\n-- 3. The hand-written backward pass, checked two ways (float64) --")
+def gradient_check_lesson(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, dtype: str = "float64") -> dict:
+    print(f"\n-- 3. The hand-written backward pass, checked two ways (the centred difference in {dtype}) --")
     params = numpy_net.init_params(rng=rng, dtype=np.float64)
-    numeric = numpy_net.numerical_gradient_check(params, x, y, rng=rng)
+    numeric = numpy_net.numerical_gradient_check(params, x, y, rng=rng, dtype=np.dtype(dtype).type)
     autograd = numpy_net.torch_gradient_check(params, x, y)
     for name in numpy_net.PARAM_NAMES:
         print(f"  d loss / d {name:<3} relative error vs centred difference {numeric[name]:.1e} "
               f"(< {GRADCHECK_TOLERANCE:g}), vs torch autograd {autograd[name]:.1e} (< {AUTOGRAD_TOLERANCE:g})")
     return {"vs_centred_difference": numeric, "vs_torch_autograd": autograd,
             "tolerance_centred_difference": GRADCHECK_TOLERANCE, "tolerance_autograd": AUTOGRAD_TOLERANCE,
-            "batch_size": len(y)}
+            "batch_size": len(y), "dtype": dtype}
 
 
 # --------------------------------------------------------------------------- 4. training
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--gradcheck-dtype", choices=("float64", "float32"), default="float64",
+                        help="precision of the centred-difference check (float32 shows why it is float64)")
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     rng = np.random.default_rng(args.seed)
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_x, train_y = flat_normalised(train_split.images, mean[0], std[0]), train_split.labels.numpy()
     test_x, test_y = flat_normalised(test_split.images, mean[0], std[0]), test_split.labels.numpy()
 
-    gradients = gradient_check_lesson(train_x[:16], train_y[:16], rng)
+    gradients = gradient_check_lesson(train_x[:16], train_y[:16], rng, args.gradcheck_dtype)
     params, history = train(train_x, train_y, test_x, test_y, epochs=epochs, batch_size=args.batch_size,
                             lr=args.lr, momentum=args.momentum, rng=rng)
     accuracy = history[-1]["val_accuracy"]
@@ -197,7 +199,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     label = "test accuracy" + ("" if data.real else " (stand-in data)")
     print(f"\nResult: {100 * accuracy:.2f}% {label} after {epochs} epochs, {train_seconds:.0f}s of NumPy.")
-    print(f"Wrote {run_dir}/: metrics.json, curves.png, matmul_timings.png, first_layer_weights.png")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "test_accuracy", "value": accuracy,
                                   "display": f"{100 * accuracy:.2f}% {label}"},

@@ -45,7 +45,7 @@ from common.data import PUBLISHED_STATS, Split, load_dataset
 from common.device import resolve_device
 from common.loaders import TensorLoader, classic_loader
 from common.plots import plot_history, save
-from common.runs import atomic_torch_save, read_metrics, runs_root, update_metrics
+from common.runs import atomic_torch_save, read_metrics, run_path, update_metrics
 from common.schedules import lr_multiplier
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase1_foundation import p1_train
@@ -278,8 +278,8 @@ def _splits(data, args) -> tuple[Split, Split]:
 
 
 def p1_train_accuracy(quick: bool) -> tuple[float | None, str]:
-    """p1-train's recorded test accuracy, if it ran in the same mode."""
-    path = runs_root() / "p1-train"
+    """p1-train's recorded test accuracy, from its run in the same mode (runs/p1-train/, or its quick/ folder)."""
+    path = run_path("p1-train", quick=quick)
     try:
         metrics = read_metrics(path)
     except (OSError, ValueError):

@@ -258,7 +258,6 @@ def main(argv: list[str] | None = None) -> dict:
     label = "test accuracy" + ("" if data.real else " (stand-in data)")
     print(f"\nResult: {100 * test_accuracy:.2f}% {label} with the classic recipe ({seed_seconds:.0f}s of training); "
           f"the small CNN reached {100 * cnn['test_accuracy']:.2f}% in the same budget.")
-    print(f"Wrote {run_dir}/: metrics.json, curves.png, misclassified.png, why_not_99.png, model.pt")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "test_accuracy", "value": test_accuracy,
                                   "display": f"{100 * test_accuracy:.2f}% {label} (CNN: {100 * cnn['test_accuracy']:.2f}%)"},

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     label = "" if splits.dataset.real else " (stand-in data)"
     speedup = comparison["fast_images_per_s"] / comparison["torchvision_images_per_s"]
     print(f"\nResult: {len(splits.train):,}/{len(splits.val):,}/{len(splits.test):,} split, same augmented "
-          f"statistics from both pipelines, the batched one {speedup:.0f}x faster. Wrote {run_dir}/augmentations.png")
+          f"statistics from both pipelines, the batched one {speedup:.0f}x faster.")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "split", "value": [len(splits.train), len(splits.val), len(splits.test)],
                                   "display": f"{len(splits.train):,}/{len(splits.val):,}/{len(splits.test):,} split; "

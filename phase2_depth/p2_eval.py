@@ -37,7 +37,7 @@ from common.augment import flip_averaged_logits
 from common.device import resolve_device
 from common.loaders import TensorLoader
 from common.plots import image_grid
-from common.runs import atomic_write_bytes, runs_root
+from common.runs import atomic_write_bytes, describe_run, upstream_run
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase2_depth import evaluation
 from phase2_depth.data import add_dataset_argument, cifar_splits
@@ -79,14 +79,18 @@ def predict_probs(model, split, mean, std, device, batch_size: int = 1000) -> tu
 
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
-    parser.add_argument("--model", default=None, help="model file (default: runs/p2-cnn/model.pt)")
+    parser.add_argument("--model", default=None, help="model file (default: the full p2-cnn run's model.pt, else the quick run's)")
     add_dataset_argument(parser)
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     device = resolve_device(args.device)
     print(__doc__.split("\n\n")[0])
 
-    model_path = Path(args.model) if args.model else runs_root() / "p2-cnn" / "model.pt"
+    if args.model:
+        model_path = Path(args.model)
+    else:
+        model_path = upstream_run("p2-cnn") / "model.pt"
+        print(f"  the model: {describe_run(model_path.parent)}")
     model, blob = load_model(model_path)
     model.to(device)
     splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = result["classification_report"]
     label = "" if splits.dataset.real else " (stand-in data)"
     print(f"\nResult: accuracy {100 * result['accuracy']:.2f}%, macro F1 {report['macro avg']['f1-score']:.4f}, "
-          f"ECE {100 * calibration['ece']:.2f}%. Wrote {run_dir}/")
+          f"ECE {100 * calibration['ece']:.2f}%.")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "macro_f1", "value": report["macro avg"]["f1-score"],
                                   "display": f"accuracy {100 * result['accuracy']:.2f}%, macro F1 "

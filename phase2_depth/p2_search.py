@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from common.device import resolve_device
-from common.runs import atomic_write_bytes
+from common.runs import atomic_write_bytes, final_folder
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from common.trainer import TrainConfig, Trainer
 from phase2_depth.data import AUGMENT, add_dataset_argument, cifar_splits
@@ -220,7 +220,10 @@ def run_study(run_dir, splits, *, trials: int, epochs: int, device, seed: int, n
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    # The study outlives the run: it lives in the run's own folder, not in the staging folder a run writes
+    # into (common/runs.py), so every run adds its trials to it, and trials a failed run finished are kept.
+    home = final_folder(run_dir) or run_dir
+    storage = f"sqlite:///{(home / 'study.db').resolve()}"
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=median_rule_pruner())
     before = len(study.trials)
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     label = "" if splits.dataset.real else " (stand-in data)"
     print(f"\nResult: {len(study.trials)} trials ({len(complete)} complete); the chosen configuration reaches "
-          f"{100 * test_accuracy:.2f}% test accuracy{label}. Wrote {run_dir}/")
+          f"{100 * test_accuracy:.2f}% test accuracy{label}.")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "final_test_accuracy", "value": test_accuracy,
                                   "display": f"best of {len(study.trials)} trials: {100 * test_accuracy:.2f}% "
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "epochs": plan["final_epochs"], "val_accuracy": history[-1]["val_accuracy"],
                              "test_accuracy": test_accuracy},
                       test_accuracy=test_accuracy, test_set_passes=test_passes, test_evaluations=len(test_passes),
-                      study_storage=str(run_dir / "study.db"))
+                      study_storage=str((final_folder(run_dir) or run_dir) / "study.db"))
 
 
 def check(metrics: dict) -> list[str]:

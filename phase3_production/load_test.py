@@ -55,7 +55,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchmark import usable_cores  # noqa: E402
-from common.runs import runs_root, write_json  # noqa: E402
+from common.runs import describe_run, runs_root, upstream_run, write_json  # noqa: E402
 from phase3_production.http_client import free_port, png_bytes, wait_until_ready  # noqa: E402
 from phase3_production.p3_serve import start_server, stop_server  # noqa: E402
 
@@ -358,7 +358,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
-    model_dir = Path(args.model_dir) if args.model_dir else runs_root() / "p3-onnx"
+    model_dir = Path(args.model_dir) if args.model_dir else upstream_run("p3-onnx")
+    if not args.model_dir:
+        print(f"  the model: {describe_run(model_dir)}")
     bomb_clients = args.bomb_clients if args.bomb_clients is not None else (2 if args.quick else 4)
     bomb_seconds = args.bomb_seconds or (0.5 if args.quick else 10.0)
     run_dir = runs_root() / "p3-load"

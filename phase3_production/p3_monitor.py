@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from common.runs import runs_root, write_json
+from common.runs import describe_run, upstream_run, write_json
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase3_production.http_client import free_port, png_bytes, wait_until_ready
@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     run_dir = start_run(MILESTONE, args)
     print(__doc__.split("\n\n")[0])
-    model_dir = Path(args.model_dir) if args.model_dir else runs_root() / "p3-onnx"
+    model_dir = Path(args.model_dir) if args.model_dir else upstream_run("p3-onnx")
+    if not args.model_dir:
+        print(f"  the model: {describe_run(model_dir)}")
     n_clean, n_shift, n_flush = (600, 300, 250) if args.quick else (5000, 500, 300)
     plan = traffic_plan(n_clean, n_shift, n_flush)
     splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
                    for d in found.values())
     label = "" if splits.dataset.real else " (stand-in data)"
     print(f"\nResult: {detected}/{len(found)} shifts detected within {DETECT_WITHIN} requests, "
-          f"{len(false_alarms)} false alarms in {n_clean:,} clean requests.{label} Wrote {run_dir}/drift.png")
+          f"{len(false_alarms)} false alarms in {n_clean:,} clean requests.{label}")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "shifts_detected", "value": detected,
                                   "display": f"{detected}/{len(found)} shifts detected, {len(false_alarms)} "

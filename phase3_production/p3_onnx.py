@@ -31,7 +31,7 @@ import numpy as np
 
 from common.augment import normalize
 from common.benchmark import environment_stamp, save_result, usable_cores
-from common.runs import runs_root, write_json
+from common.runs import describe_run, upstream_run, write_json
 from common.script import finish_run, is_full_real_run, milestone_parser, start_run
 from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase2_depth.p2_cnn import load_model, require_same_classes
@@ -57,7 +57,7 @@ QUICK_INT8_ACCURACY_LOSS_POINTS = 5.0
 
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
-    parser.add_argument("--checkpoint", default=None, help="p2-cnn model file (default: runs/p2-cnn/model.pt)")
+    parser.add_argument("--checkpoint", default=None, help="p2-cnn model file (default: the full p2-cnn run's model.pt, else the quick run's)")
     parser.add_argument("--rounds", type=int, default=None, help="benchmark rounds (default 7; quick 2)")
     parser.add_argument("--accuracy-images", type=int, default=None,
                         help="score each engine on this many test images (default: all; quick: 1,000)")
@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = start_run(MILESTONE, args)
     print(__doc__.split("\n\n")[0])
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else runs_root() / "p2-cnn" / "model.pt"
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+    else:
+        checkpoint = upstream_run("p2-cnn") / "model.pt"
+        print(f"  the model: {describe_run(checkpoint.parent)}")
     model, blob = load_model(checkpoint)
     # The data first: a model that does not fit it must fail before a previous good export is overwritten.
     splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
@@ -171,8 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "model_bytes": sizes, "parity_max_abs_diff": result["max_abs_diff"]})
     print(f"\nResult: parity {result['max_abs_diff']:.1e}; ONNX Runtime {targets['ort_fp32_vs_eager_mean']:.2f}x "
           f"eager, INT8 {targets['int8_vs_fp32_mean']:.2f}x fp32 at batch 1, one thread; "
-          f"INT8 accuracy {100 * accuracy['ort_int8']:.2f}% vs {100 * accuracy['ort_fp32']:.2f}%{label}. "
-          f"Wrote {run_dir}/")
+          f"INT8 accuracy {100 * accuracy['ort_int8']:.2f}% vs {100 * accuracy['ort_fp32']:.2f}%{label}.")
     return finish_run(run_dir, MILESTONE, args,
                       key_figure={"name": "ort_fp32_vs_eager_mean", "value": targets["ort_fp32_vs_eager_mean"],
                                   "display": f"parity {result['max_abs_diff']:.0e}; ORT "

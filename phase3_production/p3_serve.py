@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.runs import runs_root
+from common.runs import describe_run, upstream_run
 from common.script import finish_run, milestone_parser, start_run
 from phase3_production import bad_inputs
 from phase3_production.http_client import free_port, multipart, png_bytes, request, wait_until_ready
@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     add_dataset_argument(parser)
     args = parser.parse_args(argv)
-    model_dir = Path(args.model_dir) if args.model_dir else runs_root() / "p3-onnx"
+    model_dir = Path(args.model_dir) if args.model_dir else upstream_run("p3-onnx")
+    if not args.model_dir:
+        print(f"  the model: {describe_run(model_dir)}")
     if not (args.self_test or args.quick):
         return serve_forever(model_dir, args.port)
 

@@ -66,7 +66,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def quick_p2_cnn_run(tmp_path_factory) -> Path:
-    """One quick p2-cnn run for the session (``<runs>/p2-cnn/``): the later milestones' tests copy it."""
+    """One quick p2-cnn run for the session (``<runs>/p2-cnn/quick/``): the later milestones' tests copy it."""
     from phase2_depth import p2_cnn
 
     runs = tmp_path_factory.mktemp("quick-p2-cnn")
@@ -79,7 +79,7 @@ def quick_p2_cnn_run(tmp_path_factory) -> Path:
         p2_cnn.main(["--quick", "--device", "cpu"])
     finally:
         mp.undo()
-    return runs / "p2-cnn"
+    return runs / "p2-cnn" / "quick"
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def with_quick_p2_cnn(quick_p2_cnn_run, tmp_path, monkeypatch) -> Path:
     import shutil
 
     runs = tmp_path / "runs"
-    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn")
+    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn" / "quick")
     monkeypatch.setenv("ML60_RUNS_DIR", str(runs))
     return runs
 

@@ -89,8 +89,8 @@ def test_quickstart_summarises_each_milestone(tmp_path, monkeypatch, capsys):
         assert extra == ["--quick"]
         metrics, code = results[m.id]
         if metrics is not None:
-            (tmp_path / m.id).mkdir()
-            (tmp_path / m.id / "metrics.json").write_text(json.dumps(metrics))
+            (tmp_path / m.id / "quick").mkdir(parents=True)
+            (tmp_path / m.id / "quick" / "metrics.json").write_text(json.dumps(metrics))
         return code
 
     monkeypatch.setattr(cli, "MILESTONES", tuple(fake))

@@ -66,9 +66,9 @@ def verdicts(root: Path, *milestones: str) -> dict[str, str]:
 
 def metrics_problems(root: Path, milestone_id: str) -> list[str]:
     """The milestone's own check(metrics) on the run it just wrote, evaluated inside the scratch tree."""
-    code = (f"import json, importlib; from ml60.milestones import by_id; from common.runs import read_metrics, runs_root; "
+    code = (f"import json, importlib; from ml60.milestones import by_id; from common.runs import read_metrics, run_path; "
             f"m = by_id({milestone_id!r}); print(json.dumps(importlib.import_module(m.module).check("
-            f"read_metrics(runs_root() / m.id))))")
+            f"read_metrics(run_path(m.id, quick=True)))))")
     out = python(root, "-c", code)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -40,6 +40,16 @@ def test_gradient_check_catches_a_wrong_backward(monkeypatch):
     assert errors["W2"] < 1e-6  # the layers after the bug are still right
 
 
+def test_in_float32_the_check_cannot_tell_a_right_gradient_from_a_wrong_one():
+    """The guide's float32 lesson: the same correct backward fails the check by far more than its tolerance."""
+    params, x, y, _ = small_problem(2)
+    in_64 = numpy_net.numerical_gradient_check(params, x, y, rng=np.random.default_rng(0))
+    in_32 = numpy_net.numerical_gradient_check(params, x, y, rng=np.random.default_rng(0), dtype=np.float32)
+    assert max(in_64.values()) < p1_numpy.GRADCHECK_TOLERANCE, in_64
+    assert min(in_32.values()) > 1e-2, in_32
+    assert params["W1"].dtype == np.float64, "the check works on copies: the caller's parameters keep their dtype"
+
+
 def test_softmax_cross_entropy_is_stable_and_correct():
     logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
     loss, grad = numpy_net.softmax_cross_entropy(logits.copy(), np.array([0, 2]))

@@ -25,7 +25,7 @@ def test_quick_chain_train_then_refactor(tmp_path, monkeypatch):
     train = p1_train.main(["--quick", "--device", "cpu", "--budget", "1"])
     assert p1_train.check(train) == []
     for name in ("metrics.json", "curves.png", "misclassified.png", "why_not_99.png", "model.pt"):
-        assert (tmp_path / "p1-train" / name).is_file(), name
+        assert (tmp_path / "p1-train" / "quick" / name).is_file(), name
     assert set(train["comparison"]) == {"SimpleNet 784-128-10", "wide MLP 784-1024-1024-10",
                                         "small CNN (2 conv + pool)"}
     assert train["train_accuracy"] > 0 and train["misclassified"] > 0
@@ -33,7 +33,7 @@ def test_quick_chain_train_then_refactor(tmp_path, monkeypatch):
     refactor = p1_refactor.main(["--quick", "--device", "cpu"])
     assert p1_refactor.check(refactor) == []
     assert refactor["reproduce"]["p1_train_test_accuracy"] == train["test_accuracy"]
-    assert (tmp_path / "p1-refactor" / "fast-seed0" / "last.pt").is_file()
+    assert (tmp_path / "p1-refactor" / "quick" / "fast-seed0" / "last.pt").is_file()
 
 
 @refactor_mark

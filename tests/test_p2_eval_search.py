@@ -43,8 +43,8 @@ def test_quick_eval_after_quick_cnn(with_quick_p2_cnn):
     metrics = p2_eval.main(["--quick", "--device", "cpu"])
     assert p2_eval.check(metrics) == []
     for name in ("confusion_matrix.png", "reliability.png", "misclassified.png", "report.txt", "metrics.json"):
-        assert (tmp_path / "p2-eval" / name).is_file(), name
-    saved = json.loads((tmp_path / "p2-eval" / "metrics.json").read_text())
+        assert (tmp_path / "p2-eval" / "quick" / name).is_file(), name
+    saved = json.loads((tmp_path / "p2-eval" / "quick" / "metrics.json").read_text())
     assert {"macro avg", "weighted avg"} <= set(saved["classification_report"])
     assert 0.0 <= saved["flip_tta"]["accuracy"] <= 1.0 and 0.0 <= saved["flip_tta"]["ece"] <= 1.0
 
@@ -74,7 +74,7 @@ def test_eval_refuses_a_model_for_other_classes(with_quick_p2_cnn):
     import torch
 
     tmp_path = with_quick_p2_cnn
-    path = tmp_path / "p2-cnn" / "model.pt"
+    path = tmp_path / "p2-cnn" / "quick" / "model.pt"
     blob = torch.load(path, weights_only=True)
     blob["classes"] = [f"other-{i}" for i in range(10)]
     torch.save(blob, path)

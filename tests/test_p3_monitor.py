@@ -115,8 +115,8 @@ def test_milestone_plays_the_traffic_and_writes_its_picture(model_dir, tmp_path,
                                                                 ("blur", 50), ("class_mix", 50)])
     metrics = p3_monitor.main(["--quick", "--model-dir", str(model_dir)])
     assert set(metrics["detections"]) == {"brightness", "gaussian_noise", "blur", "class_mix"}
-    assert (tmp_path / "p3-monitor" / "drift.png").read_bytes()[:4] == b"\x89PNG"
-    timeline = json.loads((tmp_path / "p3-monitor" / "timeline.json").read_text())["timeline"]
+    assert (tmp_path / "p3-monitor" / "quick" / "drift.png").read_bytes()[:4] == b"\x89PNG"
+    timeline = json.loads((tmp_path / "p3-monitor" / "quick" / "timeline.json").read_text())["timeline"]
     assert timeline[-1]["request"] == 550 and timeline[-1]["live_accuracy"] is not None
 
 

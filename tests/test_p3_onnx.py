@@ -17,7 +17,7 @@ def exported(tmp_path_factory, quick_p2_cnn_run):
     import shutil
 
     runs = tmp_path_factory.mktemp("runs")
-    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn")
+    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn" / "quick")
     mp = pytest.MonkeyPatch()
     mp.setenv("ML60_RUNS_DIR", str(runs))
     mp.setenv("ML60_OFFLINE", "1")
@@ -33,8 +33,8 @@ def test_export_passes_parity_and_its_check(exported):
     runs, metrics = exported
     assert p3_onnx.check(metrics) == []
     assert metrics["parity_max_abs_diff"] <= 1e-4 and metrics["parity_same_class"] == metrics["parity_images"] == 1000
-    manifest = json.loads((runs / "p3-onnx" / "manifest.json").read_text())
-    assert manifest["sha256"] == sha256_of(runs / "p3-onnx" / "model.onnx")
+    manifest = json.loads((runs / "p3-onnx" / "quick" / "manifest.json").read_text())
+    assert manifest["sha256"] == sha256_of(runs / "p3-onnx" / "quick" / "model.onnx")
     assert manifest["input"]["shape"] == ["batch", 3, 32, 32] and manifest["opset"] >= 17
 
 
@@ -44,10 +44,10 @@ def test_model_carries_its_metadata_and_a_dynamic_batch(exported):
     import onnxruntime as ort
 
     runs, _ = exported
-    path = runs / "p3-onnx" / "model.onnx"
+    path = runs / "p3-onnx" / "quick" / "model.onnx"
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert len(json.loads(meta["class_names"])) == 10 and len(json.loads(meta["normalize_mean"])) == 3
-    assert meta["source_checkpoint_sha256"] == sha256_of(runs / "p2-cnn" / "model.pt")
+    assert meta["source_checkpoint_sha256"] == sha256_of(runs / "p2-cnn" / "quick" / "model.pt")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 8, 64):
         assert session.run(None, {"images": np.zeros((batch, 3, 32, 32), np.float32)})[0].shape == (batch, 10)
@@ -55,7 +55,7 @@ def test_model_carries_its_metadata_and_a_dynamic_batch(exported):
 
 def test_tampered_or_corrupt_onnx_is_refused_with_the_file_named(exported, tmp_path):
     runs, _ = exported
-    source = runs / "p3-onnx"
+    source = runs / "p3-onnx" / "quick"
     (tmp_path / "model.onnx").write_bytes((source / "model.onnx").read_bytes())
     (tmp_path / "manifest.json").write_text((source / "manifest.json").read_text())
     data = bytearray((tmp_path / "model.onnx").read_bytes())
@@ -83,11 +83,11 @@ def test_missing_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
 
 def test_int8_models_are_smaller_hashed_and_within_the_accuracy_bound(exported):
     runs, metrics = exported
-    manifest = json.loads((runs / "p3-onnx" / "manifest.json").read_text())
+    manifest = json.loads((runs / "p3-onnx" / "quick" / "manifest.json").read_text())
     for key in ("int8", "int8_dynamic"):
         entry = manifest["variants"][key]
-        assert entry["sha256"] == sha256_of(runs / "p3-onnx" / entry["onnx_file"])
-        assert verify_onnx(runs / "p3-onnx" / entry["onnx_file"])["sha256"] == manifest["sha256"]
+        assert entry["sha256"] == sha256_of(runs / "p3-onnx" / "quick" / entry["onnx_file"])
+        assert verify_onnx(runs / "p3-onnx" / "quick" / entry["onnx_file"])["sha256"] == manifest["sha256"]
     q = metrics["quantization"]
     assert q["static"]["calibration_source"] == "training split" and q["static"]["per_channel"]
     assert q["int8_size_ratio"] >= 3.5
@@ -101,7 +101,7 @@ def test_int8_model_keeps_the_metadata_a_service_needs(exported):
     import onnx
 
     runs, _ = exported
-    meta = {p.key: p.value for p in onnx.load(str(runs / "p3-onnx" / "model.int8.onnx")).metadata_props}
+    meta = {p.key: p.value for p in onnx.load(str(runs / "p3-onnx" / "quick" / "model.int8.onnx")).metadata_props}
     assert "class_names" in meta and "normalize_std" in meta and "calibrated on 128 training images" in meta["quantization"]
 
 
@@ -121,7 +121,7 @@ def test_benchmark_writes_every_engine_batch_and_thread_count(exported):
     assert not any(r["engine"].startswith(("pytorch_cuda", "ort_cuda")) for r in rows) or _cuda()
     targets = metrics["benchmark"]["targets_batch1_one_thread"]
     assert set(targets) >= {"ort_fp32_vs_eager_mean", "ort_fp32_vs_eager_p95", "int8_vs_fp32_mean"}
-    out = runs / "p3-onnx"
+    out = runs / "p3-onnx" / "quick"
     stored = json.loads((out / "benchmark.json").read_text())
     assert stored["environment"]["cpu"] and len(stored["rows"]) == len(rows)
     table = (out / "benchmark.md").read_text()
@@ -150,8 +150,8 @@ def test_check_fails_a_full_run_that_misses_a_target(exported):
 
 def test_a_variant_missing_from_the_manifest_is_refused(exported, tmp_path):
     runs, _ = exported
-    (tmp_path / "other.onnx").write_bytes((runs / "p3-onnx" / "model.int8.onnx").read_bytes())
-    (tmp_path / "manifest.json").write_text((runs / "p3-onnx" / "manifest.json").read_text())
+    (tmp_path / "other.onnx").write_bytes((runs / "p3-onnx" / "quick" / "model.int8.onnx").read_bytes())
+    (tmp_path / "manifest.json").write_text((runs / "p3-onnx" / "quick" / "manifest.json").read_text())
     with pytest.raises(ValueError, match=r"other.onnx: not listed in .*manifest.json"):
         verify_onnx(tmp_path / "other.onnx")
 
@@ -173,9 +173,9 @@ def test_a_model_for_other_classes_fails_before_overwriting_the_previous_export(
     import torch
 
     runs, _ = exported
-    shutil.copytree(runs / "p3-onnx", tmp_path / "export")
+    shutil.copytree(runs / "p3-onnx" / "quick", tmp_path / "export")
     before = (tmp_path / "export" / "model.onnx").read_bytes()
-    blob = torch.load(runs / "p2-cnn" / "model.pt", weights_only=True)
+    blob = torch.load(runs / "p2-cnn" / "quick" / "model.pt", weights_only=True)
     blob["classes"] = [f"other-{i}" for i in range(len(blob["classes"]))]
     torch.save(blob, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="was trained on classes"):
