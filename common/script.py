@@ -45,6 +45,32 @@ def milestone_parser(milestone_id: str, description: str | None) -> argparse.Arg
     return parser
 
 
+def speed_figure(name: str, measured: float, reference: float, target: float, unit: str = "x",
+                 higher_is_better: bool = True) -> dict:
+    """One machine-speed figure of a run, for ``make progress``: information, never a failure.
+
+    A milestone's ``check(metrics)`` says whether the *code* is right
+    (accuracy, parity, gradients, the answers to bad input), the same on any
+    machine.  How fast it ran is a property of the machine as much as of the
+    code: a learner's laptop is not the 2-core reference machine the course
+    was measured on.  So a milestone may also define ``speed(metrics)``, a list
+    of these: the measured figure beside the reference machine's and the
+    target, and whether this machine met it.
+    """
+    met = measured >= target if higher_is_better else measured <= target
+    return {"name": name, "measured": measured, "reference": reference, "target": target, "unit": unit,
+            "higher_is_better": higher_is_better, "met": bool(met)}
+
+
+def speed_text(figure: dict) -> str:
+    unit = figure["unit"]
+    fmt = (lambda v: f"{v:.2f}{unit}") if unit == "x" else (lambda v: f"{v:.1f} {unit}")
+    relation = ">=" if figure["higher_is_better"] else "<="
+    verdict = "met" if figure["met"] else "not met on this machine"
+    return (f"{figure['name']} {fmt(figure['measured'])} (reference machine {fmt(figure['reference'])}, "
+            f"target {relation} {fmt(figure['target'])}: {verdict})")
+
+
 def is_full_real_run(metrics: dict) -> bool:
     """True for a full (not quick) run on real data: the runs whose figures meet the real targets."""
     return not metrics.get("quick") and bool(metrics.get("data", {}).get("real_data"))

@@ -8,6 +8,7 @@ Commands:
     quickstart           every built milestone in quick mode, then a summary table
     progress             per milestone: built? run? key figure? check passing? exercises solved?
     compare ID           every run of one milestone side by side: a table and runs/ID/compare.png
+    days                 the sixty days, read from the phase guides (the README's table)
     exercises [SEL]      list the exercises (SEL: a milestone id, one exercise id, or all)
     exercise SEL [--force]   turn the reference answers into stubs for the learner to write
     check SEL            grade the code in the tree, one line per exercise
@@ -190,6 +191,11 @@ def cmd_progress() -> int:
         more = f" (+{others}: make compare M={m.id})" if others > 0 else ""
         rows.append((m.id, m.days, exercises, f"{kind} {when}{more}", key_figure_text(metrics), _check(m, metrics)))
     print(_table(("milestone", "days", "exercises solved", "run", "key figure", "check"), rows))
+    notes = [(m.id, text) for m in MILESTONES if m.built for text in _speed(m, read_metrics(m))]
+    if notes:
+        print("\nMachine speed (information, not a check: the reference machine is a 2-core AMD EPYC; yours differs):")
+        for milestone_id, text in notes:
+            print(f"  {milestone_id}: {text}")
     return 0
 
 
@@ -205,6 +211,18 @@ def cmd_compare(args: list[str]) -> int:
     from ml60.compare import compare
 
     return compare(m.id)
+
+
+def _speed(m: Milestone, metrics: dict | None) -> list[str]:
+    """The run's machine-speed figures beside the reference machine's (``speed(metrics)``), as text."""
+    import importlib
+
+    from common.script import speed_text
+
+    if not metrics or "_unreadable" in metrics:
+        return []
+    speed = getattr(importlib.import_module(m.module), "speed", None)
+    return [speed_text(figure) for figure in speed(metrics)] if speed else []
 
 
 def _check(m: Milestone, metrics: dict) -> str:
@@ -231,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("help", [])
     commands = {"help": lambda: cmd_help(), "ids": lambda: cmd_ids(), "run": lambda: cmd_run(rest),
                 "phase": lambda: cmd_phase(rest), "quickstart": lambda: cmd_quickstart(),
-                "progress": lambda: cmd_progress(), "compare": lambda: cmd_compare(rest)}
+                "progress": lambda: cmd_progress(), "compare": lambda: cmd_compare(rest),
+                "days": lambda: __import__("ml60.days", fromlist=["main"]).main()}
     from ml60 import exercise_commands
 
     commands.update({name: (lambda f=f: exercise_commands.dispatch(f, rest))

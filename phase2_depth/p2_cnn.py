@@ -42,7 +42,7 @@ from common import distributed
 from common.benchmark import usable_cores
 from common.device import resolve_device
 from common.runs import atomic_torch_save
-from common.script import finish_run, is_full_real_run, milestone_parser, start_run
+from common.script import finish_run, is_full_real_run, milestone_parser, speed_figure, start_run
 from common.trainer import TrainConfig, Trainer
 from phase2_depth.data import AUGMENT, AUGMENT_CUTOUT, add_dataset_argument, cifar_splits
 from phase2_depth.models import WIDTHS, FiveLayerCNN, multiply_adds, parameter_count
@@ -68,6 +68,7 @@ RECIPES = {
 # 24.9-26.3% depending on the thread count (the float sums differ), so the old 25% failed some correct runs.
 TARGETS = {"cpu": 0.85, "gpu": 0.89, "ci": 0.45, "quick": 0.20}
 CPU_MINUTES_LIMIT = 60
+REFERENCE_CPU_MINUTES = 32.5   # the cpu recipe on the reference machine (2-core AMD EPYC, 2 threads)
 WARMUP_FRACTION = 0.3      # the one-cycle ramp: the first 30% of the steps
 
 
@@ -352,9 +353,15 @@ def check(metrics: dict) -> list[str]:
     accuracy = metrics.get("test_accuracy", 0.0)
     if not accuracy >= target:
         problems.append(f"test accuracy {100 * accuracy:.2f}% below the '{name}' target {100 * target:.0f}%")
-    if name == "cpu" and is_full_real_run(metrics) and metrics.get("training_minutes", 1e9) > CPU_MINUTES_LIMIT:
-        problems.append(f"CPU recipe took {metrics['training_minutes']:.0f} min (limit {CPU_MINUTES_LIMIT})")
     return problems
+
+
+def speed(metrics: dict) -> list[dict]:
+    """The CPU recipe's training time beside the reference machine's: information, not a failure."""
+    if metrics.get("recipe_name") != "cpu" or not is_full_real_run(metrics) or "training_minutes" not in metrics:
+        return []
+    return [speed_figure("cpu recipe training time", metrics["training_minutes"], REFERENCE_CPU_MINUTES,
+                         CPU_MINUTES_LIMIT, unit="min", higher_is_better=False)]
 
 
 if __name__ == "__main__":

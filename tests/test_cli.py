@@ -99,3 +99,28 @@ def test_quickstart_summarises_each_milestone(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "42% test accuracy" in out and "offline stand-in" in out and "no dataset" in out
     assert "FAILED (exit 3)" in out and "Data section" in out
+
+
+def test_progress_tells_a_wrong_answer_from_a_slow_machine(tmp_path, monkeypatch, capsys):
+    """A run that is right but slow passes its check, and its speed is shown beside the reference machine's."""
+    from ml60 import grading
+
+    monkeypatch.setattr(grading, "solved_counts", lambda: {})
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    slow = {"quick": False, "data": {"real_data": True}, "recipe_name": "cpu", "test_accuracy": 0.87,
+            "training_minutes": 75.0, "key_figure": {"display": "87.00% test accuracy"}}
+    (tmp_path / "p2-cnn").mkdir()
+    (tmp_path / "p2-cnn" / "metrics.json").write_text(json.dumps(slow))
+    assert cli.main(["progress"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("p2-cnn "))
+    assert row.rstrip().endswith("PASS"), row
+    assert ("p2-cnn: cpu recipe training time 75.0 min (reference machine 32.5 min, target <= 60.0 min: "
+            "not met on this machine)") in out
+    wrong = dict(slow, test_accuracy=0.70, training_minutes=30.0)
+    (tmp_path / "p2-cnn" / "metrics.json").write_text(json.dumps(wrong))
+    assert cli.main(["progress"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("p2-cnn "))
+    assert "FAIL: test accuracy 70.00%" in row
+    assert "30.0 min (reference machine 32.5 min, target <= 60.0 min: met)" in out

@@ -143,9 +143,13 @@ def test_check_fails_a_full_run_that_misses_a_target(exported):
                                                           ort_fp32_vs_eager_p95=3.0)
     full["quantization"]["int8_accuracy_loss_points"] = 0.7
     problems = p3_onnx.check(full)
-    assert any("ort_fp32_vs_eager_mean 2.00x" in p for p in problems)
-    assert any("loses 0.70 accuracy points (limit 0.5)" in p for p in problems)
-    assert not any("p95" in p or "int8_vs_fp32" in p for p in problems)
+    assert problems == ["static INT8 loses 0.70 accuracy points (limit 0.5)"], (
+        "accuracy is a check; the latency ratios are the machine's, reported by speed(), never a failure")
+    speeds = {figure["name"].split()[0]: figure for figure in p3_onnx.speed(full)}
+    assert not speeds["ort_fp32_vs_eager_mean"]["met"] and speeds["ort_fp32_vs_eager_mean"]["measured"] == 2.0
+    assert speeds["ort_fp32_vs_eager_p95"]["met"] and speeds["int8_vs_fp32_mean"]["met"]
+    assert speeds["ort_fp32_vs_eager_mean"]["reference"] == p3_onnx.REFERENCE_MACHINE["ort_fp32_vs_eager_mean"]
+    assert p3_onnx.speed(metrics) == [], "a quick run times a handful of calls: no speed figures"
 
 
 def test_a_variant_missing_from_the_manifest_is_refused(exported, tmp_path):
