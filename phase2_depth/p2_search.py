@@ -229,6 +229,9 @@ def run_study(run_dir, splits, *, trials: int, epochs: int, device, seed: int, n
     before = len(study.trials)
     if before:
         print(f"  resuming the study {name!r} in {storage}: {before} trials already there")
+        # A sampler seeded as in the first run would draw that run's random start again, trial for trial:
+        # seeded by the trials already there, a resumed search is still reproducible and explores anew.
+        study.sampler = optuna.samplers.TPESampler(seed=seed + before)
 
     def show(study, trial):
         value = "pruned" if trial.state.name == "PRUNED" else (

@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
                                  "int8_size_ratio": targets["int8_size_ratio"]},
                    benchmark={"rows": rows, "targets_batch1_one_thread": targets, "rounds": rounds,
                               "ort_spinning": args.ort_spinning})
-    if not args.quick and splits.dataset.real and not args.ort_spinning and not args.accuracy_images:
+    # The committed benchmark comes from the default run of p2-cnn's model only; a named run is an experiment.
+    canonical = not (args.run_name or args.checkpoint or args.ort_spinning or args.accuracy_images)
+    if not args.quick and splits.dataset.real and canonical:
         save_result("p3_onnx", {"command": "make p3-onnx", **benchmark, "test_accuracy": accuracy,
                                 "model_bytes": sizes, "parity_max_abs_diff": result["max_abs_diff"]})
     print(f"\nResult: parity {result['max_abs_diff']:.1e}; ONNX Runtime {targets['ort_fp32_vs_eager_mean']:.2f}x "

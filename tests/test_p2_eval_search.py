@@ -109,6 +109,11 @@ def test_quick_search_chooses_on_validation_and_resumes(tmp_path):
         assert (tmp_path / name).is_file(), name
     again = p2_search.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu", "--trials", "2"])
     assert again["trial_count"] == 5  # the SQLite study was resumed, not restarted
+    import optuna
+
+    trials = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'study.db'}").trials  # its only study
+    first, resumed = [t.params for t in trials[:2]], [t.params for t in trials[3:]]
+    assert resumed != first, "the resumed search drew the first run's trials again"
     assert p2_search.check(again) == []
 
 
