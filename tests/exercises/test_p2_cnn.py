@@ -2,19 +2,22 @@
 
 Every expected value here is computed independently of the code under test:
 the forward pass against a reference written out below over layers the
-check builds itself, the schedule against hand-worked numbers, the
-parameter groups against the shapes of a small model's parameters.  The
+check builds itself, the schedules against hand-worked numbers, the
+parameter groups against the shapes of a small model's parameters, one Adam
+step against hand-worked numbers and five against ``torch.optim.Adam``.  The
 code under test may be a learner's, or a stub.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ml60.grading import exercise, expect, wrong_answer
-from phase2_depth import models, p2_cnn
+from phase2_depth import models, p2_cnn, under_the_hood
 
 # --------------------------------------------------------------------------- p2-cnn.1 the convolution block
 
@@ -408,3 +411,155 @@ def groups_without_the_no_decay_group(model, weight_decay):
     """Only the decayed group is returned: biases and BatchNorm are never trained."""
     return [{"params": [p for p in model.parameters() if p.requires_grad and p.ndim > 1],
              "weight_decay": weight_decay}]
+
+
+# --------------------------------------------------------------------------- p2-cnn.5 the LR range test's sweep
+
+
+def sweep(total: int, lr_min: float, lr_max: float) -> list[float]:
+    values = [under_the_hood.lr_range_schedule(s, total, lr_min, lr_max) for s in range(total)]
+    expect(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values),
+           f"lr_range_schedule should return a finite number for every step, got {values}")
+    return [float(v) for v in values]
+
+
+def near(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+@exercise("p2-cnn.5")
+def test_range_sweep_goes_from_lr_min_to_lr_max():
+    values = sweep(6, 1e-4, 10.0)
+    shown = f"a 6-step sweep from 1e-4 to 10 gives {[float(f'{v:.4g}') for v in values]}"
+    expect(near(values[0], 1e-4), f"{shown}: step 0 should run at lr_min, 1e-4")
+    expect(near(values[-1], 10.0), f"{shown}: the last step (5) should run at lr_max, 10, but the sweep never "
+                                   "reaches lr_max: the fraction done is step / (total_steps - 1), 1 at the last step")
+    expect(all(near(v, w) for v, w in zip(values, (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0))),
+           f"{shown}, expected 1e-4, 1e-3, 1e-2, 0.1, 1, 10: one decade per step (a linear sweep spends its steps "
+           "at the top decade)")
+
+
+@exercise("p2-cnn.5")
+def test_range_sweep_is_equal_steps_on_a_log_axis():
+    middle = sweep(3, 0.01, 1.0)[1]
+    expect(not near(middle, 0.505), "the middle of a 3-step sweep from 0.01 to 1 is 0.505, the arithmetic mean: "
+                                    "that is a linear sweep; the range test's sweep is exponential, lr_min * "
+                                    "(lr_max / lr_min) ** fraction, and its middle is the geometric mean 0.1")
+    expect(near(middle, 0.1), f"the middle of a 3-step sweep from 0.01 to 1 is {middle:.4g}, expected 0.1, "
+                              "the geometric mean")
+    values = sweep(101, 1e-6, 1.0)
+    ratios = [b / a for a, b in zip(values, values[1:])]
+    expect(max(ratios) / min(ratios) < 1 + 1e-9 and near(ratios[0], 10 ** 0.06),
+           f"over 101 steps from 1e-6 to 1 each step should multiply the rate by 10 ** (6 / 100) = 1.1482, got "
+           f"factors from {min(ratios):.4f} to {max(ratios):.4f}")
+
+
+@wrong_answer("p2-cnn.5", diagnosis="that is a linear sweep")
+def sweep_linear(step, total_steps, lr_min, lr_max):
+    """A straight line from lr_min to lr_max: nearly every step in the top decade."""
+    return lr_min + (lr_max - lr_min) * step / (total_steps - 1)
+
+
+@wrong_answer("p2-cnn.5", diagnosis="never reaches lr_max")
+def sweep_divides_by_total(step, total_steps, lr_min, lr_max):
+    """The fraction done is step / total_steps: the last step stops one factor short of lr_max."""
+    return lr_min * (lr_max / lr_min) ** (step / total_steps)
+
+
+@wrong_answer("p2-cnn.5", diagnosis="step 0 should run at lr_min")
+def sweep_downwards(step, total_steps, lr_min, lr_max):
+    """The sweep runs backwards, from lr_max down to lr_min."""
+    return lr_max * (lr_min / lr_max) ** (step / (total_steps - 1))
+
+
+# --------------------------------------------------------------------------- p2-cnn.6 one Adam step
+
+
+def adam_of(param, grad, m, v, step, **options):
+    out = under_the_hood.adam_step(param, grad, m, v, step, **options)
+    expect(isinstance(out, tuple) and len(out) == 3 and all(isinstance(t, torch.Tensor) for t in out),
+           "adam_step should return a tuple of three tensors: (new_param, new_exp_avg, new_exp_avg_sq)")
+    return out
+
+
+@exercise("p2-cnn.6")
+def test_first_adam_step_moves_each_coordinate_by_lr():
+    param = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    grad = torch.tensor([0.1, -1000.0, 1e-3], dtype=torch.float64)
+    zeros = torch.zeros(3, dtype=torch.float64)
+    new, m, v = adam_of(param.clone(), grad.clone(), zeros.clone(), zeros.clone(), 1, lr=0.01)
+    expect(torch.allclose(m, 0.1 * grad), f"after one step exp_avg is {m.tolist()}, expected (1 - b1) * grad = "
+                                          f"{(0.1 * grad).tolist()}")
+    expect(torch.allclose(v, 0.001 * grad ** 2),
+           f"after one step exp_avg_sq is {v.tolist()}, expected (1 - b2) * grad ** 2 = "
+           f"{(0.001 * grad ** 2).tolist()}: "
+           "the second running mean is of the squared gradient")
+    moved = (param - new).tolist()
+    expected = [0.01, -0.01, 0.01 * 1e-3 / (1e-3 + 1e-8)]
+    if all(math.isfinite(d) for d in moved) and abs(abs(moved[0]) / 0.01 - 0.1 / math.sqrt(0.001)) < 1e-3:
+        expect(False, f"the first step moved the parameters by {moved}, about 3.16 x lr: no bias correction. m and "
+                      "v start at 0, so divide them by 1 - b1 ** step and 1 - b2 ** step (step counts from 1)")
+    expect(all(math.isfinite(d) for d in moved),
+           f"the first step gives {new.tolist()}: not finite. The bias correction divides by 1 - beta ** step, and "
+           "step counts from 1 (1 - beta ** 0 is 0)")
+    expect(all(math.isclose(d, e, rel_tol=1e-7, abs_tol=1e-12) for d, e in zip(moved, expected)),
+           f"the first step moved the parameters by {moved}, expected about lr = 0.01 each, whatever the gradient's "
+           f"scale ({expected}): lr * m_hat / (sqrt(v_hat) + eps), eps outside the square root")
+
+
+@exercise("p2-cnn.6")
+def test_five_steps_match_torch_adam():
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(4, dtype=torch.float64, generator=gen)
+    grads = [1e-3 * torch.randn(4, dtype=torch.float64, generator=gen) for _ in range(5)]
+    options = dict(lr=0.05, betas=(0.8, 0.99), eps=1e-3)
+    reference = start.clone().requires_grad_(True)
+    torch_adam = torch.optim.Adam([reference], **options)
+    param, m, v = start.clone(), torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    for t, g in enumerate(grads, start=1):
+        reference.grad = g.clone()
+        torch_adam.step()
+        passed = (param, g, m, v)
+        copies = tuple(x.clone() for x in passed)
+        param, m, v = adam_of(*passed, t, **options)
+        expect(all(torch.equal(a, b) for a, b in zip(passed, copies)),
+               "adam_step changed its inputs in place: return new tensors instead")
+    gap = (param - reference.detach()).abs().max().item()
+    expect(gap < 1e-9, f"after 5 steps (lr 0.05, betas (0.8, 0.99), eps 1e-3, gradients near 1e-3) the parameters "
+                       f"differ from torch.optim.Adam's by {gap:.3g}: use the betas and eps passed in, and add eps "
+                       "outside the square root, sqrt(v_hat) + eps")
+
+
+@wrong_answer("p2-cnn.6", diagnosis="no bias correction")
+def adam_without_bias_correction(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    """m and v used as they are: the first steps are about 3 times too large."""
+    m = betas[0] * exp_avg + (1 - betas[0]) * grad
+    v = betas[1] * exp_avg_sq + (1 - betas[1]) * grad * grad
+    return param - lr * m / (v.sqrt() + eps), m, v
+
+
+@wrong_answer("p2-cnn.6", diagnosis="add eps outside the square root")
+def adam_eps_inside_the_root(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    """eps under the square root: sqrt(v_hat + eps), a much larger floor than torch's sqrt(v_hat) + eps."""
+    m = betas[0] * exp_avg + (1 - betas[0]) * grad
+    v = betas[1] * exp_avg_sq + (1 - betas[1]) * grad * grad
+    m_hat, v_hat = m / (1 - betas[0] ** step), v / (1 - betas[1] ** step)
+    return param - lr * m_hat / (v_hat + eps).sqrt(), m, v
+
+
+@wrong_answer("p2-cnn.6", diagnosis="the squared gradient")
+def adam_mean_of_abs_gradient(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    """The second running mean is of |grad|, not grad ** 2."""
+    m = betas[0] * exp_avg + (1 - betas[0]) * grad
+    v = betas[1] * exp_avg_sq + (1 - betas[1]) * grad.abs()
+    m_hat, v_hat = m / (1 - betas[0] ** step), v / (1 - betas[1] ** step)
+    return param - lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+
+@wrong_answer("p2-cnn.6", diagnosis="step counts from 1")
+def adam_step_from_zero(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    """The bias correction uses step - 1: the first step divides by 1 - beta ** 0 = 0."""
+    m = betas[0] * exp_avg + (1 - betas[0]) * grad
+    v = betas[1] * exp_avg_sq + (1 - betas[1]) * grad * grad
+    m_hat, v_hat = m / (1 - betas[0] ** (step - 1)), v / (1 - betas[1] ** (step - 1))
+    return param - lr * m_hat / (v_hat.sqrt() + eps), m, v

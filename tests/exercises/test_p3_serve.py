@@ -4,7 +4,11 @@ The expected answers are written here, independently of the code under test:
 the status and error code of each hostile upload from the API's table, the
 model input by torch's own permute and arithmetic, and the batches by
 counting what a queue holds.  The micro-batcher's checks run on a fresh
-event loop (``asyncio.run``) with waits of milliseconds.
+event loop (``asyncio.run``) with waits of milliseconds.  The raw JPEG's
+path to the model input (p3-serve.5) is held against both sides it must
+agree with: training's own decoder and normalisation (``common/formats.py``,
+``common/augment.py``), and the service's own resizing (``images.prepare``,
+plain code, never a stub) followed by the arithmetic written out here.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common import augment, formats
 from ml60.grading import exercise, expect, wrong_answer
+from phase3_production import model_input
 from phase3_production.serving import batcher, images
 
 ALLOWED = ("PNG", "JPEG", "WEBP", "BMP")
@@ -541,3 +547,210 @@ def walks_to_iend(data: bytes, max_chunks: int, any_kind: bool = False) -> bool:
             return True
         offset += 12 + length
     return False
+
+
+# --------------------------------------------------------------------------- p3-serve.5 the raw JPEG to the model input
+
+# The statistics of an image folder of one's own: neither CIFAR-10's published values nor ImageNet's, so only an
+# answer that reads the manifest's can match.
+OWN_MEAN, OWN_STD = (0.52, 0.41, 0.33), (0.21, 0.27, 0.19)
+CIFAR10_PUBLISHED = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+OTHER_FILTERS = {"NEAREST": Image.Resampling.NEAREST, "BICUBIC": Image.Resampling.BICUBIC,
+                 "LANCZOS": Image.Resampling.LANCZOS, "BOX": Image.Resampling.BOX,
+                 "HAMMING": Image.Resampling.HAMMING}
+
+
+def manifest_for(shape=(3, 32, 32), mean=OWN_MEAN, std=OWN_STD) -> dict:
+    """A manifest.json as export_onnx writes it, with the given input shape (C, H, W) and statistics."""
+    return {"onnx_file": "model.onnx", "sha256": "0" * 64, "opset": 18,
+            "input": {"name": "images", "shape": ["batch", *shape], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", 10]},
+            "classes": [f"class-{k}" for k in range(10)], "mean": list(mean), "std": list(std)}
+
+
+def photo_like(height: int, width: int, seed: int, grey: bool = False) -> bytes:
+    """A JPEG with what photographs have: smooth colour gradients, an object with edges, and grain.
+
+    Every channel has its own levels, so swapped channels show; JPEG's own rounding is in the bytes, as in the
+    CIFAR-10 archive.
+    """
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(30, 226, (3, 4, 3), dtype=np.uint8))
+    picture = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64).copy()
+    yy, xx = np.mgrid[0:height, 0:width]
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    ry, rx = rng.uniform(0.15, 0.3) * height, rng.uniform(0.15, 0.3) * width
+    picture[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = rng.integers(0, 256, 3)
+    picture = np.clip(picture + rng.normal(0, 6, picture.shape), 0, 255).round().astype(np.uint8)
+    image = Image.fromarray(picture.mean(axis=2).round().astype(np.uint8)) if grey else Image.fromarray(picture)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def normalised(hwc: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (H, W, C) pixels -> (C, H, W) float32, (x / 255 - mean) / std: torch's permute and arithmetic."""
+    x = torch.from_numpy(np.array(hwc)).permute(2, 0, 1).float() / 255
+    m, s = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    return ((x - m) / s).numpy()
+
+
+def served_like_training(name: str, data: bytes, manifest: dict) -> np.ndarray:
+    """The exercise's answer, with anything it raises (but the stub's NotImplementedError) turned into a diagnosis."""
+    try:
+        return np.asarray(model_input.serve_like_training(data, manifest))
+    except NotImplementedError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - a crash is the diagnosis, not a crash of the check
+        expect(False, f"{name}: serve_like_training raised {type(exc).__name__} ({exc}): the shape is "
+                      "manifest['input']['shape'], ['batch', C, H, W]; mean and std are manifest['mean'] and "
+                      "manifest['std'], one value per channel, shaped (C, 1, 1) to broadcast over (C, H, W)")
+
+
+def expect_model_input(name: str, x: np.ndarray, expected: np.ndarray, data: bytes, manifest: dict,
+                       against: str) -> None:
+    """``x`` must equal ``expected``; when it does not, name the mistake that gives exactly ``x``."""
+    c, h, w = manifest["input"]["shape"][1:]
+    mean, std = manifest["mean"], manifest["std"]
+    if x.shape == (h, w, c):
+        expect(False, f"{name}: the output is (H, W, C) = {x.shape}, channels-last as Pillow lays pixels out: the "
+                      f"model takes channels first, (C, H, W) = {(c, h, w)}: transpose(2, 0, 1)")
+    if x.shape == (c, w, h) and w != h:
+        expect(False, f"{name}: the output is {x.shape}, the manifest's input is (C, H, W) = {(c, h, w)}: width "
+                      "and height are swapped; Pillow's resize takes (width, height), the manifest's shape is "
+                      "(C, H, W)")
+    expect(x.shape == (c, h, w), f"{name}: expected the manifest's input shape (C, H, W) = {(c, h, w)}, got "
+                                 f"{x.shape}")
+    expect(x.dtype == np.float32, f"{name}: dtype {x.dtype}: ONNX Runtime's input is float32")
+    error = float(np.abs(x - expected).max())
+    if error < 1e-5:
+        return
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = image.convert("RGB")
+    resized = rgb if rgb.size == (w, h) else rgb.resize((w, h), Image.Resampling.BILINEAR)
+    hwc = np.asarray(resized)
+    chw = hwc.transpose(2, 0, 1).astype(np.float64)
+    m, s = np.asarray(mean).reshape(-1, 1, 1), np.asarray(std).reshape(-1, 1, 1)
+    candidates = {
+        "the pixels were not divided by 255: training scaled them to 0..1 before subtracting the mean":
+            (chw - m) / s,
+        "these are ImageNet's statistics (0.485, 0.456, 0.406 / 0.229, 0.224, 0.225), not the model's: read "
+        "mean and std from the manifest, which carries the training split's own":
+            normalised(hwc, *IMAGENET),
+        "these are CIFAR-10's published statistics, written into the code: read mean and std from the manifest "
+        "(a model trained on other data carries other values, and the code's copy would silently go stale)":
+            normalised(hwc, *CIFAR10_PUBLISHED),
+        "mean and std are swapped: (x - mean) / std, not (x - std) / mean":
+            (chw / 255 - s) / m,
+        "the channels are in BGR order (OpenCV's): Pillow decodes RGB, as training did":
+            (chw[::-1] / 255 - m) / s,
+    }
+    if rgb.size != (w, h):
+        for filter_name, resample in OTHER_FILTERS.items():
+            candidates[f"resized with Pillow's {filter_name} filter: training's decode_images and the service's "
+                       "rgb_array both resize with BILINEAR, and another filter gives other pixels (BICUBIC is "
+                       "what resize uses when it is given no filter)"] = \
+                normalised(np.asarray(rgb.resize((w, h), resample)), mean, std)
+    for diagnosis, wrong in candidates.items():
+        expect(np.abs(x - wrong).max() > 1e-4, f"{name}: {diagnosis}")
+    expect(False, f"{name}: the model input differs from {against} by up to {error:.3g}: decode to RGB, resize to "
+                  "(W, H) with BILINEAR if the size differs, channels first, / 255, then (x - mean) / std with the "
+                  "manifest's values")
+
+
+@exercise("p3-serve.5")
+def test_serve_like_training_gives_what_training_gave_a_cifar_jpeg(tmp_path):
+    manifest = manifest_for()
+    uploads = [photo_like(32, 32, seed) for seed in range(5)] + [photo_like(32, 32, 5, grey=True)]
+    answers = [served_like_training(f"32x32 JPEG #{i}", data, manifest) for i, data in enumerate(uploads)]
+    paths = []
+    for i, data in enumerate(uploads):   # training's own decoder reads files from an image folder
+        paths.append(tmp_path / f"{i:04d}.jpg")
+        paths[-1].write_bytes(data)
+    trained_on = augment.normalize(torch.from_numpy(formats.decode_images(paths)), OWN_MEAN, OWN_STD).numpy()
+    for i, (x, data) in enumerate(zip(answers, uploads)):
+        kind = "greyscale " if i == 5 else ""
+        expect_model_input(f"a 32x32 {kind}JPEG", x, trained_on[i], data, manifest,
+                           "what training fed the network (decode_images, then normalize)")
+
+
+@exercise("p3-serve.5")
+def test_serve_like_training_gives_what_the_service_gives_any_size():
+    manifest = manifest_for(shape=(3, 24, 40))     # H=24, W=40: every axis its own size
+    for height, width, grey in ((40, 48, False), (28, 20, False), (90, 150, False), (24, 40, False), (60, 50, True)):
+        data = photo_like(height, width, seed=height + width, grey=grey)
+        name = f"a {width}x{height} {'greyscale ' if grey else ''}JPEG for a 40x24 model"
+        x = served_like_training(name, data, manifest)
+        with Image.open(io.BytesIO(data)) as upload:
+            upload.load()
+            service_pixels = images.prepare(upload, (3, 24, 40))   # the service's own decode-side steps
+        expect_model_input(name, x, normalised(service_pixels, OWN_MEAN, OWN_STD), data, manifest,
+                           "what the service computes (images.prepare, then (x / 255 - mean) / std)")
+
+
+@exercise("p3-serve.5")
+def test_serve_like_training_takes_its_statistics_from_the_manifest():
+    data = photo_like(32, 32, seed=11)
+    plain = served_like_training("mean 0, std 1", data, manifest_for(mean=(0, 0, 0), std=(1, 1, 1)))
+    expect(plain.shape == (3, 32, 32) and 0 <= plain.min() and plain.max() <= 1,
+           f"with mean 0 and std 1 in the manifest the output should be the pixels / 255, in 0..1, shaped "
+           f"(3, 32, 32); got {plain.shape} from {plain.min():.3g} to {plain.max():.3g}")
+    for mean, std in ((OWN_MEAN, OWN_STD), ((0.3, 0.5, 0.7), (0.1, 0.2, 0.4))):
+        x = served_like_training(f"mean {mean}, std {std}", data, manifest_for(mean=mean, std=std))
+        want = (plain - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+        expect(np.abs(x - want).max() < 1e-5,
+               f"with mean {mean} and std {std} in the manifest the output is not (pixels / 255 - mean) / std, "
+               f"channel by channel: changing the manifest's statistics must change the output exactly so (are "
+               "the statistics the manifest's, each channel with its own?)")
+
+
+@wrong_answer("p3-serve.5", diagnosis="were not divided by 255")
+def serve_without_scaling(jpeg_bytes, manifest):
+    """The 0..255 pixels are normalised directly: the model sees values 255 times too large."""
+    c, h, w = manifest["input"]["shape"][1:]
+    rgb = Image.open(io.BytesIO(jpeg_bytes)).convert("RGB")
+    rgb = rgb if rgb.size == (w, h) else rgb.resize((w, h), Image.Resampling.BILINEAR)
+    x = np.asarray(rgb, np.float32).transpose(2, 0, 1)
+    return ((x - np.reshape(manifest["mean"], (c, 1, 1))) / np.reshape(manifest["std"], (c, 1, 1))).astype(np.float32)
+
+
+@wrong_answer("p3-serve.5", diagnosis="channels-last as Pillow lays pixels out")
+def serve_channels_last(jpeg_bytes, manifest):
+    """The array stays (H, W, C), as Pillow gives it, with the statistics broadcast along the last axis."""
+    c, h, w = manifest["input"]["shape"][1:]
+    rgb = Image.open(io.BytesIO(jpeg_bytes)).convert("RGB")
+    rgb = rgb if rgb.size == (w, h) else rgb.resize((w, h), Image.Resampling.BILINEAR)
+    x = np.asarray(rgb, np.float32) / 255
+    return ((x - np.asarray(manifest["mean"])) / np.asarray(manifest["std"])).astype(np.float32)
+
+
+@wrong_answer("p3-serve.5", diagnosis="these are ImageNet's statistics")
+def serve_with_imagenet_statistics(jpeg_bytes, manifest):
+    """The statistics every ImageNet tutorial prints, instead of the manifest's."""
+    c, h, w = manifest["input"]["shape"][1:]
+    rgb = Image.open(io.BytesIO(jpeg_bytes)).convert("RGB")
+    rgb = rgb if rgb.size == (w, h) else rgb.resize((w, h), Image.Resampling.BILINEAR)
+    x = np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255
+    mean, std = (np.reshape(v, (3, 1, 1)) for v in IMAGENET)
+    return ((x - mean) / std).astype(np.float32)
+
+
+@wrong_answer("p3-serve.5", diagnosis="resized with Pillow's BICUBIC filter")
+def serve_with_pillows_default_filter(jpeg_bytes, manifest):
+    """resize((W, H)) with no filter named: Pillow's default, BICUBIC, not the BILINEAR of training and service."""
+    c, h, w = manifest["input"]["shape"][1:]
+    rgb = Image.open(io.BytesIO(jpeg_bytes)).convert("RGB")
+    rgb = rgb if rgb.size == (w, h) else rgb.resize((w, h))
+    x = np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255
+    return ((x - np.reshape(manifest["mean"], (c, 1, 1))) / np.reshape(manifest["std"], (c, 1, 1))).astype(np.float32)
+
+
+@wrong_answer("p3-serve.5", diagnosis="width and height are swapped")
+def serve_with_height_and_width_swapped(jpeg_bytes, manifest):
+    """The manifest's (C, H, W) handed to resize as if it were (width, height): a square model hides it."""
+    c, h, w = manifest["input"]["shape"][1:]
+    rgb = Image.open(io.BytesIO(jpeg_bytes)).convert("RGB")
+    rgb = rgb if rgb.size == (h, w) else rgb.resize((h, w), Image.Resampling.BILINEAR)
+    x = np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255
+    return ((x - np.reshape(manifest["mean"], (c, 1, 1))) / np.reshape(manifest["std"], (c, 1, 1))).astype(np.float32)
