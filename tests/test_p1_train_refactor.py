@@ -24,16 +24,48 @@ def test_quick_chain_train_then_refactor(tmp_path, monkeypatch):
     monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
     train = p1_train.main(["--quick", "--device", "cpu", "--budget", "1"])
     assert p1_train.check(train) == []
-    for name in ("metrics.json", "curves.png", "misclassified.png", "why_not_99.png", "model.pt"):
+    for name in ("metrics.json", "curves.png", "misclassified.png", "why_not_99.png", "baselines.png", "model.pt"):
         assert (tmp_path / "p1-train" / "quick" / name).is_file(), name
     assert set(train["comparison"]) == {"SimpleNet 784-128-10", "wide MLP 784-1024-1024-10",
                                         "small CNN (2 conv + pool)"}
     assert train["train_accuracy"] > 0 and train["misclassified"] > 0
+    assert_baselines_recorded(train)
 
     refactor = p1_refactor.main(["--quick", "--device", "cpu"])
     assert p1_refactor.check(refactor) == []
     assert refactor["reproduce"]["p1_train_test_accuracy"] == train["test_accuracy"]
     assert (tmp_path / "p1-refactor" / "quick" / "fast-seed0" / "last.pt").is_file()
+
+
+def assert_baselines_recorded(metrics: dict) -> None:
+    """Section 4: five models measured alike, the two networks' figures reused from section 3, requirements answered."""
+    section = metrics["baselines"]
+    models = section["models"]
+    assert set(models) == {"logistic regression", "3-nearest neighbours", "random forest", "SimpleNet 784-128-10",
+                           "small CNN (2 conv + pool)"}
+    for name, row in models.items():
+        assert 0 <= row["test_accuracy"] <= 1 and row["fit_seconds"] >= 0, (name, row)
+        assert row["ms_per_image_min"] <= row["ms_per_image"] <= row["ms_per_image_max"], (name, row)
+        assert row["size_bytes"] > 0, (name, row)
+    for name in ("SimpleNet 784-128-10", "small CNN (2 conv + pool)"):
+        assert models[name]["test_accuracy"] == metrics["comparison"][name]["test_accuracy"]
+        assert models[name]["size_bytes"] == 4 * metrics["comparison"][name]["parameters"]   # float32 parameters
+    assert models["logistic regression"]["size_bytes"] > 4 * 7850   # 784 x 10 weights and 10 biases, pickled
+    assert [a["requirement"] for a in section["requirements"]] == [">= 92% at <= 0.05 ms/image", ">= 97%", ">= 99%"]
+    assert all(a["answer"] in (*models, None) for a in section["requirements"])
+
+
+@train_mark
+def test_pickle_bytes_counts_what_pickle_writes():
+    import pickle
+
+    import numpy as np
+
+    from phase1_foundation import baselines
+
+    for value in ({"w": np.ones((300, 7), np.float32)}, list(range(1000)), "text"):
+        assert baselines.pickle_bytes(value) == len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    assert baselines.parameter_bytes(SimpleNet()) == 4 * (784 * 128 + 128 + 128 * 10 + 10)
 
 
 @refactor_mark

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
 from ml60.grading import exercise, expect, wrong_answer
-from phase1_foundation import p1_train
+from phase1_foundation import baselines, p1_train
 
 MEAN, STD = 0.1307, 0.3081   # MNIST's published training-pixel statistics
 
@@ -326,3 +326,224 @@ def evaluate_with_gradients(model, loader, device):
         labels.append(y)
     predictions, labels = torch.cat(predictions), torch.cat(labels)
     return total_loss / len(labels), (predictions == labels).float().mean().item(), predictions
+
+
+# --------------------------------------------------------------------------- p1-train.4 k-nearest neighbours
+
+
+def knn_data(seed: int = 0, n_train: int = 80, n_test: int = 60, classes: int = 4, dims: int = 5):
+    """Overlapping Gaussian blobs, one per class: neighbours disagree often enough for the vote to matter."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.0, (classes, dims))
+    train_y = rng.permutation(np.arange(n_train) % classes)
+    test_y = rng.integers(0, classes, n_test)
+    train_x = centres[train_y] + rng.normal(0.0, 1.0, (n_train, dims))
+    test_x = centres[test_y] + rng.normal(0.0, 1.0, (n_test, dims))
+    return train_x, train_y, test_x
+
+
+def sklearn_knn(train_x, train_y, test_x, k: int) -> np.ndarray:
+    """The answer key: scikit-learn's brute-force kNN (uniform votes; a tied vote goes to the smallest label)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(train_x, train_y).predict(test_x)
+
+
+def vote_ties_to_largest(train_x, train_y, test_x, k: int) -> np.ndarray:
+    """The k nearest as scikit-learn finds them, but a tied vote given to the largest label."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nearest = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(train_x).kneighbors(test_x, return_distance=False)
+    votes = np.stack([np.bincount(train_y[row], minlength=int(train_y.max()) + 1) for row in nearest])
+    return votes.shape[1] - 1 - votes[:, ::-1].argmax(axis=1)
+
+
+def run_knn(train_x, train_y, test_x, k: int) -> np.ndarray:
+    got = baselines.knn_predict(train_x, train_y, test_x, k)
+    expect(got is not None, "knn_predict returned None: return the array of predicted labels")
+    got = np.asarray(got)
+    expect(got.shape == (len(test_x),), f"{len(test_x)} test rows should give {len(test_x)} predictions, got shape "
+                                        f"{got.shape}: one label per test row, from every batch")
+    return got
+
+
+def diagnose_knn(got, train_x, train_y, test_x, k: int) -> None:
+    expected = sklearn_knn(train_x, train_y, test_x, k)
+    wrong = int((got != expected).sum())
+    if wrong == 0:
+        return
+    if np.array_equal(got, sklearn_knn(train_x, train_y, -test_x, k)):
+        expect(False, f"{wrong} of {len(got)} predictions differ from scikit-learn's, and they are exactly the "
+                      "neighbours of -test_x: the distance was ||a||^2 + 2 a.b + ||b||^2 = ||a + b||^2. The "
+                      "-2 a.b term must be subtracted: ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2")
+    if k > 1 and np.array_equal(got, sklearn_knn(train_x, train_y, test_x, 1)):
+        expect(False, f"with k={k}, {wrong} of {len(got)} predictions differ, and every prediction is the label of "
+                      "the single nearest neighbour: only the nearest one voted (k=1). Take the k nearest "
+                      "(np.argpartition(d, k - 1, axis=1)[:, :k]) and let all k vote")
+    if np.array_equal(got, vote_ties_to_largest(train_x, train_y, test_x, k)):
+        expect(False, f"with k={k}, {wrong} of {len(got)} predictions differ, all where the vote was tied: the "
+                      "ties go to the largest label. The rule is the smallest label (argmax over the counts "
+                      "returns the first of equal maxima)")
+    expect(False, f"with k={k}, {wrong} of {len(got)} predictions differ from scikit-learn's "
+                  f"KNeighborsClassifier(n_neighbors={k}): squared distances ||a||^2 - 2 a.b + ||b||^2, the k "
+                  "smallest per row, a majority vote with ties to the smallest label")
+
+
+@exercise("p1-train.4")
+def test_knn_predict_matches_scikit_learn():
+    train_x, train_y, test_x = knn_data()
+    for k in (3, 4, 1, 7):
+        diagnose_knn(run_knn(train_x, train_y, test_x, k), train_x, train_y, test_x, k)
+
+
+@exercise("p1-train.4")
+def test_knn_predict_breaks_a_tied_vote_to_the_smallest_label():
+    train_x = np.array([[0.9], [-2.1], [5.0], [-7.0]])
+    train_y = np.array([1, 3, 0, 2])
+    got = run_knn(train_x, train_y, np.array([[0.0]]), 2)
+    expect(int(got[0]) != 3, "the two nearest neighbours of 0.0 are 0.9 (label 1) and -2.1 (label 3), one vote "
+                             "each, and the prediction is 3: the ties go to the largest label. The rule is the "
+                             "smallest label, 1 (argmax over the counts returns the first of equal maxima)")
+    expect(int(got[0]) == 1, f"the two nearest neighbours of 0.0 are 0.9 (label 1) and -2.1 (label 3), one vote "
+                             f"each; a tie goes to the smallest label, 1. Got {int(got[0])}")
+
+
+@exercise("p1-train.4")
+def test_knn_predict_covers_every_batch():
+    train_x, train_y, test_x = knn_data(seed=1, n_test=2300)   # more rows than one batch of 1,000
+    got = run_knn(train_x, train_y, test_x, 3)
+    diagnose_knn(got, train_x, train_y, test_x, 3)
+
+
+def _nearest(train_x, test_x, k, sign: float):
+    d = (test_x ** 2).sum(1)[:, None] + sign * 2 * test_x @ train_x.T + (train_x ** 2).sum(1)[None, :]
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def _vote(train_y, nearest, largest: bool = False):
+    votes = np.stack([np.bincount(train_y[row], minlength=int(train_y.max()) + 1) for row in nearest])
+    return votes.shape[1] - 1 - votes[:, ::-1].argmax(1) if largest else votes.argmax(1)
+
+
+@wrong_answer("p1-train.4", diagnosis="The -2 a.b term must be subtracted")
+def knn_predict_plus_two_ab(train_x, train_y, test_x, k, batch_size=1000):
+    """||a||^2 + 2 a.b + ||b||^2: the cross term added, so the 'nearest' are the nearest to -a."""
+    return _vote(np.asarray(train_y), _nearest(np.asarray(train_x), np.asarray(test_x), k, +1.0))
+
+
+@wrong_answer("p1-train.4", diagnosis="the ties go to the largest label")
+def knn_predict_ties_to_largest(train_x, train_y, test_x, k, batch_size=1000):
+    """A tied vote given to the largest label (argmax over the counts reversed)."""
+    return _vote(np.asarray(train_y), _nearest(np.asarray(train_x), np.asarray(test_x), k, -1.0), largest=True)
+
+
+@wrong_answer("p1-train.4", diagnosis="only the nearest one voted (k=1)")
+def knn_predict_nearest_only(train_x, train_y, test_x, k, batch_size=1000):
+    """The label of the single nearest neighbour, whatever k is."""
+    return _vote(np.asarray(train_y), _nearest(np.asarray(train_x), np.asarray(test_x), 1, -1.0))
+
+
+# --------------------------------------------------------------------------- p1-train.5 the cheapest model
+
+
+def costs() -> dict:
+    """Made-up figures, chosen so that each common mistake picks a different model than the right rule."""
+    return {
+        "majority class":   {"test_accuracy": 0.80, "ms_per_image": 0.0005, "size_bytes": 100},
+        "linear, slower":   {"test_accuracy": 0.93, "ms_per_image": 0.004, "size_bytes": 31_400},
+        "linear":           {"test_accuracy": 0.93, "ms_per_image": 0.002, "size_bytes": 31_400},
+        "prototypes":       {"test_accuracy": 0.975, "ms_per_image": 3.0, "size_bytes": 200_000},
+        "small net":        {"test_accuracy": 0.98, "ms_per_image": 0.01, "size_bytes": 407_000},
+        "forest":           {"test_accuracy": 0.97, "ms_per_image": 0.08, "size_bytes": 144_000_000},
+        "cnn":              {"test_accuracy": 0.99, "ms_per_image": 0.2, "size_bytes": 861_000},
+        "big cnn":          {"test_accuracy": 0.995, "ms_per_image": 0.9, "size_bytes": 5_000_000},
+    }
+
+
+def ask(min_accuracy: float, max_ms_per_image: float | None = None):
+    table = costs()
+    limits = {} if max_ms_per_image is None else {"max_ms_per_image": max_ms_per_image}
+    try:
+        return baselines.cheapest_meeting(table, min_accuracy=min_accuracy, **limits)
+    except ValueError as exc:
+        expect(False, f"cheapest_meeting raised ValueError ({exc}) for >= {min_accuracy:.1%}: when no model meets "
+                      "the requirement, return None (min() of an empty list raises)")
+
+
+def describe(name) -> str:
+    if name not in costs():
+        return repr(name)
+    r = costs()[name]
+    return f"{name!r} ({r['test_accuracy']:.1%}, {r['ms_per_image']} ms/image, {r['size_bytes']:,} bytes)"
+
+
+@exercise("p1-train.5")
+def test_cheapest_meeting_picks_the_smallest_model_that_meets_both_limits():
+    got = ask(0.97, 1.0)
+    expect(got != "big cnn", f">= 97% at <= 1 ms/image gave {describe(got)}: the most accurate model, not the "
+                             "cheapest. Among the models that meet the requirement, take the smallest")
+    expect(got != "prototypes", f">= 97% at <= 1 ms/image gave {describe(got)}, which takes 3 ms per image: the "
+                                "time limit was ignored. Keep only models with ms_per_image <= max_ms_per_image")
+    expect(got == "small net", f">= 97% at <= 1 ms/image: expected 'small net' (the smallest of the four that meet "
+                               f"it), got {describe(got)}")
+    got = ask(0.97)
+    expect(got == "prototypes", f">= 97% with no time limit: expected 'prototypes' (200,000 bytes), got "
+                                f"{describe(got)}")
+
+
+@exercise("p1-train.5")
+def test_cheapest_meeting_breaks_a_size_tie_by_speed():
+    got = ask(0.92, 0.01)
+    expect(got != "linear, slower", ">= 92% at <= 0.01 ms/image: two models of 31,400 bytes meet it and the "
+                                    "slower one came back: ties in size are not broken by prediction time. Sort "
+                                    "by (size_bytes, ms_per_image)")
+    expect(got == "linear", f">= 92% at <= 0.01 ms/image: expected 'linear' (31,400 bytes, the faster of two "
+                            f"equal sizes), got {describe(got)}")
+
+
+@exercise("p1-train.5")
+def test_cheapest_meeting_includes_its_limits_and_may_find_nothing():
+    got = ask(0.99, 0.2)
+    expect(got == "cnn", f">= 99% at <= 0.2 ms/image: 'cnn' is exactly 99% at exactly 0.2 ms and meets it, got "
+                         f"{describe(got)}: the limits are included (>= and <=, not > and <)")
+    got = ask(0.999)
+    expect(got is None, f">= 99.9%: no model meets it, so the answer is None; got {describe(got)}")
+
+
+@wrong_answer("p1-train.5", diagnosis="the most accurate model, not the cheapest")
+def cheapest_meeting_most_accurate(results, *, min_accuracy, max_ms_per_image=float("inf")):
+    """The most accurate of the models that meet the requirement."""
+    meeting = [n for n, r in results.items()
+               if r["test_accuracy"] >= min_accuracy and r["ms_per_image"] <= max_ms_per_image]
+    return max(meeting, key=lambda n: results[n]["test_accuracy"]) if meeting else None
+
+
+@wrong_answer("p1-train.5", diagnosis="the time limit was ignored")
+def cheapest_meeting_ignores_time(results, *, min_accuracy, max_ms_per_image=float("inf")):
+    """Only the accuracy is checked."""
+    meeting = [n for n, r in results.items() if r["test_accuracy"] >= min_accuracy]
+    return min(meeting, key=lambda n: (results[n]["size_bytes"], results[n]["ms_per_image"])) if meeting else None
+
+
+@wrong_answer("p1-train.5", diagnosis="ties in size are not broken by prediction time")
+def cheapest_meeting_size_only(results, *, min_accuracy, max_ms_per_image=float("inf")):
+    """The smallest, but of two equal sizes whichever comes first."""
+    meeting = [n for n, r in results.items()
+               if r["test_accuracy"] >= min_accuracy and r["ms_per_image"] <= max_ms_per_image]
+    return min(meeting, key=lambda n: results[n]["size_bytes"]) if meeting else None
+
+
+@wrong_answer("p1-train.5", diagnosis="the limits are included")
+def cheapest_meeting_strict_limits(results, *, min_accuracy, max_ms_per_image=float("inf")):
+    """> and < instead of >= and <=: a model exactly at the limit is turned away."""
+    meeting = [n for n, r in results.items()
+               if r["test_accuracy"] > min_accuracy and r["ms_per_image"] < max_ms_per_image]
+    return min(meeting, key=lambda n: (results[n]["size_bytes"], results[n]["ms_per_image"])) if meeting else None
+
+
+@wrong_answer("p1-train.5", diagnosis="return None")
+def cheapest_meeting_raises_when_none_meets(results, *, min_accuracy, max_ms_per_image=float("inf")):
+    """min() over an empty list: ValueError when no model meets the requirement."""
+    meeting = [n for n, r in results.items()
+               if r["test_accuracy"] >= min_accuracy and r["ms_per_image"] <= max_ms_per_image]
+    return min(meeting, key=lambda n: (results[n]["size_bytes"], results[n]["ms_per_image"]))
