@@ -183,6 +183,111 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     # END EXERCISE
 
 
+# --------------------------------------------------------------------------- one class as a detection problem
+
+
+def precision_recall_curve(is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall of the rule "flag a sample when its score >= t", for every distinct score t.
+
+    One class seen as a detection problem (one-vs-rest): ``is_positive``
+    says which samples belong to it, ``scores`` how strongly the model
+    believes each one does (its softmax probability of that class).  A
+    threshold ``t`` flags every sample scoring ``t`` or more; of the flagged,
+    the true positives are the real members, the false positives the rest:
+
+    * **precision** ``tp / (tp + fp)``: of the flagged, the share that are real;
+    * **recall** ``tp / positives``: of the real ones, the share flagged.
+
+    Sort the samples by score, highest first, and walk down the list: after
+    the k-th sample, the cumulative sums of positives and of negatives are
+    the ``tp`` and ``fp`` of the threshold at that sample's score.  Samples
+    with equal scores cannot be told apart by any threshold (they are flagged
+    together or not at all), so each distinct score gives one point: the
+    one after the last of its tied samples.
+
+    Returns ``(precision, recall, thresholds)``, three float arrays with one
+    entry per distinct score: thresholds decreasing, recall rising to 1.
+    scikit-learn's ``precision_recall_curve`` gives the same points in the
+    opposite order, plus a last point (precision 1, recall 0) that belongs
+    to no threshold.  ``is_positive`` must hold at least one positive.
+
+    Example: positives ``[1, 0, 1]``, scores ``[0.9, 0.5, 0.5]`` -> thresholds
+    ``[0.9, 0.5]``, precision ``[1, 2/3]``, recall ``[0.5, 1]``.
+    """
+    # EXERCISE p2-eval.5: the precision-recall curve, by hand
+    # hint: sort by score, highest first (np.argsort(-scores)); cumulative sums of the positives and of the negatives
+    # hint: along that order are tp and fp; keep only the last position of each run of equal scores
+    is_positive = np.asarray(is_positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], is_positive[order]
+    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    tp = np.cumsum(hits)[last_of_run].astype(np.float64)
+    fp = np.cumsum(~hits)[last_of_run].astype(np.float64)
+    return tp / (tp + fp), tp / hits.sum(), sorted_scores[last_of_run]
+    # END EXERCISE
+
+
+def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """The area under a precision-recall curve as a sum of steps: ``sum over points of (R_n - R_(n-1)) * P_n``.
+
+    The points in the order :func:`precision_recall_curve` returns them
+    (recall rising), starting from recall 0.  Each rise in recall is paid
+    for at the precision reached there: no interpolation between points
+    (which would flatter the curve).  This is scikit-learn's
+    ``average_precision_score``.  A detector that ranks every positive above
+    every negative scores 1; one that ranks at random scores about the
+    positives' share of the samples (0.1 for one CIFAR-10 class).
+    """
+    precision, recall = np.asarray(precision, dtype=np.float64), np.asarray(recall, dtype=np.float64)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def threshold_for_cost(is_positive: np.ndarray, scores: np.ndarray, cost_miss: float,
+                       cost_false_alarm: float) -> float:
+    """The threshold ``t`` whose rule "flag when score >= t" costs least on these samples.
+
+    A rule's cost: ``cost_miss`` for every positive it does not flag (a
+    miss) plus ``cost_false_alarm`` for every negative it flags (a false
+    alarm).  Only the distinct scores need trying, plus ``inf`` (flag
+    nothing: every positive missed, no alarm): between two neighbouring
+    scores every threshold flags the same samples and costs the same.
+
+    **Ties**: when several thresholds cost the same least amount, the
+    highest wins: the fewest flags for the same cost.
+
+    Returns the threshold as a float, ``inf`` when flagging nothing is
+    cheapest.  Choose it on the validation split; the test split then says
+    once what it costs on new data.
+    """
+    # EXERCISE p2-eval.6: the threshold for a cost
+    # hint: for each distinct score t (highest first) misses = positives - tp(t) and false alarms = fp(t), the
+    # hint: counts of the precision-recall curve; try inf (flag nothing) too; on a tie keep the highest threshold
+    is_positive = np.asarray(is_positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], is_positive[order]
+    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    tp = np.r_[0, np.cumsum(hits)[last_of_run]]
+    fp = np.r_[0, np.cumsum(~hits)[last_of_run]]
+    thresholds = np.r_[np.inf, sorted_scores[last_of_run]]     # decreasing
+    costs = cost_miss * (hits.sum() - tp) + cost_false_alarm * fp
+    return float(thresholds[np.argmin(costs)])                  # argmin takes the first least: the highest
+    # END EXERCISE
+
+
+def detection_scores(is_positive: np.ndarray, flagged: np.ndarray, cost_miss: float,
+                     cost_false_alarm: float) -> dict:
+    """What one decision rule did: counts, precision, recall and cost (total and per sample)."""
+    is_positive, flagged = np.asarray(is_positive, dtype=bool), np.asarray(flagged, dtype=bool)
+    tp, fp = int(np.sum(flagged & is_positive)), int(np.sum(flagged & ~is_positive))
+    misses = int(np.sum(is_positive)) - tp
+    cost = cost_miss * misses + cost_false_alarm * fp
+    return {"flagged": tp + fp, "true_positives": tp, "false_alarms": fp, "misses": misses,
+            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / max(1, tp + misses),
+            "cost": float(cost), "cost_per_image": float(cost / max(1, len(is_positive)))}
+
+
 # --------------------------------------------------------------------------- pictures
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from phase2_depth import evaluation, p2_eval, p2_search
+from phase2_depth import evaluation, imbalance, p2_eval, p2_search
 
 eval_mark = getattr(pytest.mark, "p2-eval")
 search_mark = getattr(pytest.mark, "p2-search")
@@ -47,6 +47,90 @@ def test_quick_eval_after_quick_cnn(with_quick_p2_cnn):
     saved = json.loads((tmp_path / "p2-eval" / "quick" / "metrics.json").read_text())
     assert {"macro avg", "weighted avg"} <= set(saved["classification_report"])
     assert 0.0 <= saved["flip_tta"]["accuracy"] <= 1.0 and 0.0 <= saved["flip_tta"]["ece"] <= 1.0
+    # Section 7, accuracy alone is a lie: its pictures, three models, the rare class cut to 5% of its images
+    for name in ("imbalance.png", "pr_curve.png"):
+        assert (tmp_path / "p2-eval" / "quick" / name).is_file(), name
+    lesson = saved["imbalance"]
+    assert set(lesson["models"]) == set(lesson["detection"]) == {"balanced", "plain", "resampled"}
+    rare = saved["classification_report"]
+    rare_index = list(lesson["models"]["plain"]["recall"]).index(lesson["rare_class"])
+    assert lesson["train_counts"][rare_index] == round(0.05 * lesson["balanced_train_counts"][rare_index])
+    assert all(0.0 <= m["rare_recall"] <= 1.0 and 0.0 <= m["average_precision"] <= 1.0
+               for m in lesson["models"].values())
+    assert lesson["models"]["plain"]["rare_test_images"] == rare[lesson["rare_class"]]["support"]
+
+
+@eval_mark
+def test_average_precision_matches_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    is_positive = rng.random(500) < 0.1
+    scores = np.round(rng.random(500) * 0.7 + 0.3 * is_positive, 2)     # rounded: ties
+    precision, recall, _ = evaluation.precision_recall_curve(is_positive, scores)
+    expected = average_precision_score(is_positive, scores)
+    assert evaluation.average_precision(precision, recall) == pytest.approx(expected)
+    perfect = evaluation.precision_recall_curve(is_positive, is_positive.astype(float))
+    assert evaluation.average_precision(*perfect[:2]) == pytest.approx(1.0)
+
+
+@eval_mark
+def test_make_rare_keeps_a_seeded_share_of_one_class_and_oversample_restores_the_balance():
+    import torch
+
+    from common.data import Split
+
+    index = torch.arange(1000)
+    images = torch.zeros(1000, 3, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0], images[:, 1, 0, 0] = index // 100, index % 100     # each image knows its index
+    split = Split(images, index % 10)
+    rare = imbalance.make_rare(split, 3, 0.05, seed=0)
+    assert rare.class_counts(10) == [100, 100, 100, 5, 100, 100, 100, 100, 100, 100]
+    assert torch.equal(imbalance.make_rare(split, 3, 0.05, seed=0).images, rare.images)
+    assert not torch.equal(imbalance.make_rare(split, 3, 0.05, seed=1).images, rare.images)
+    kept = 100 * rare.images[:, 0, 0, 0].long() + rare.images[:, 1, 0, 0].long()
+    assert torch.equal(split.labels[kept], rare.labels) and bool((kept[1:] > kept[:-1]).all())   # order kept
+    resampled = imbalance.oversample(rare, imbalance.class_weights(rare.class_counts(10)))
+    assert resampled.class_counts(10) == [100] * 10                 # each of the 5 kept images 20 times
+    assert torch.equal(resampled.images[:len(rare)], rare.images)   # the originals first, in order
+
+
+@eval_mark
+def test_the_threshold_is_chosen_on_validation_and_tested_once():
+    """Validation and test want different thresholds: the lesson takes validation's and only reports test's."""
+    val_labels, test_labels = np.array([3, 3, 0, 0, 1]), np.array([3, 3, 0, 0, 1])
+    val_probs, test_probs = np.full((5, 4), 0.1), np.full((5, 4), 0.1)
+    val_probs[:, 3] = [0.9, 0.8, 0.2, 0.1, 0.1]      # on validation, 0.8 catches both at no false alarm
+    test_probs[:, 3] = [0.9, 0.3, 0.5, 0.1, 0.1]      # on test, 0.3 would be the cheapest
+    found = imbalance.detection(val_labels, val_probs, test_labels, test_probs, rare=3)
+    assert found["threshold"] == 0.8 and found["validation"]["cost"] == 0.0
+    assert found["test"]["true_positives"] == 1 and found["test"]["misses"] == 1 and found["test"]["cost"] == 5.0
+    assert found["test_argmax"]["flagged"] == 3        # argmax says cat wherever P(cat) beats the 0.1s
+
+
+def lesson_metrics(balanced: float, plain: float, resampled: float, real: bool = True) -> dict:
+    """The figures check() reads from section 7, with the rare class's recall of each model."""
+    models = {name: {"rare_recall": r, "rare_test_images": 1000}
+              for name, r in (("balanced", balanced), ("plain", plain), ("resampled", resampled))}
+    detection = {name: {"average_precision": 0.5, "threshold": 0.2, "test": {"true_positives": 600, "misses": 400}}
+                 for name in models}
+    return {"quick": False, "data": {"real_data": real},
+            "imbalance": {"rare_class": "cat", "models": models, "detection": detection}}
+
+
+@eval_mark
+def test_check_reads_the_imbalance_section():
+    assert p2_eval.imbalance_problems(lesson_metrics(0.45, 0.05, 0.40)) == []
+    assert p2_eval.imbalance_problems({"quick": True}) == [
+        "the imbalance section (balanced, plain and resampled models) is missing"]
+    not_rare = p2_eval.imbalance_problems(lesson_metrics(0.45, 0.30, 0.60))
+    assert len(not_rare) == 1 and "was the class made rare" in not_rare[0]
+    unfixed = p2_eval.imbalance_problems(lesson_metrics(0.45, 0.05, 0.10))
+    assert len(unfixed) == 1 and "are the rare images repeated" in unfixed[0]
+    assert p2_eval.imbalance_problems(lesson_metrics(0.45, 0.40, 0.10, real=False)) == []   # stand-in data
+    broken = lesson_metrics(0.45, 0.05, 0.40)
+    broken["imbalance"]["detection"]["plain"]["test"]["misses"] = 0
+    assert any("do not count every test image" in p for p in p2_eval.imbalance_problems(broken))
 
 
 @eval_mark

@@ -2,8 +2,9 @@
 
 Every expected value here is computed independently of the code under test:
 by a copy of the model put in eval mode by hand, by scikit-learn's
-``confusion_matrix`` and ``precision_recall_fscore_support``, or by a small
-binning loop written in this file.  The code under test may be a learner's,
+``confusion_matrix``, ``precision_recall_fscore_support`` and
+``precision_recall_curve``, by a small binning loop, or by trying every
+threshold, written in this file.  The code under test may be a learner's,
 or a stub.
 """
 
@@ -14,13 +15,14 @@ import copy
 import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import precision_recall_curve as sk_precision_recall_curve
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
 from common.augment import flip_averaged_logits
 from common.data import Split
 from ml60.grading import exercise, expect, wrong_answer
-from phase2_depth import evaluation, p2_eval
+from phase2_depth import evaluation, imbalance, p2_eval
 
 # --------------------------------------------------------------------------- p2-eval.1 honest predictions
 
@@ -533,3 +535,273 @@ def ece_index_overflows_at_one(labels, probs, bins: int = 15):
             ece += n / len(labels) * abs(conf - acc)
         table.append({"low": b / bins, "high": (b + 1) / bins, "count": n, "confidence": conf, "accuracy": acc})
     return {"ece": ece, "bins": table, "mean_confidence": float(confidence.mean()), "accuracy": float(correct.mean())}
+
+
+# --------------------------------------------------------------------------- p2-eval.5 the precision-recall curve
+
+# Sorted by score: 0.9 cat, 0.8 not, 0.7 cat, 0.7 not (a tie), 0.2 cat.
+TINY_POSITIVE = np.array([False, True, False, True, True])
+TINY_SCORES = np.array([0.8, 0.9, 0.7, 0.7, 0.2])
+TINY_CURVE = {"thresholds": [0.9, 0.8, 0.7, 0.2], "precision": [1.0, 0.5, 0.5, 0.6],
+              "recall": [1 / 3, 1 / 3, 2 / 3, 1.0]}
+
+
+def detection_data(seed: int, n: int = 400, share: float = 0.15):
+    """A rare class and scores that favour it, rounded to 2 decimals so that many samples tie."""
+    rng = np.random.default_rng(seed)
+    is_positive = rng.random(n) < share
+    scores = np.round(np.clip(rng.normal(0.3 + 0.25 * is_positive, 0.15), 0.0, 1.0), 2)
+    return is_positive, scores
+
+
+def call_pr_curve(is_positive, scores):
+    result = evaluation.precision_recall_curve(is_positive.copy(), scores.copy())
+    expect(isinstance(result, tuple) and len(result) == 3,
+           "precision_recall_curve returns three arrays: (precision, recall, thresholds)")
+    precision, recall, thresholds = (np.asarray(r, dtype=np.float64).ravel() for r in result)
+    expect(len(precision) == len(recall) == len(thresholds),
+           f"precision, recall and thresholds have {len(precision)}, {len(recall)} and {len(thresholds)} entries: "
+           "one of each per threshold")
+    return precision, recall, thresholds
+
+
+def diagnose_curve(precision, recall, thresholds, expected: dict, distinct: int) -> None:
+    """The likely mistake, when the curve differs from ``expected`` (thresholds, precision, recall, highest first)."""
+    want_t, want_p, want_r = (np.asarray(expected[k]) for k in ("thresholds", "precision", "recall"))
+    if len(thresholds) > distinct:
+        expect(False, f"{len(thresholds)} points for {distinct} distinct scores: samples with the same score are "
+                      "flagged together by any threshold, so they make one point, not one each; keep only the last "
+                      "position of each run of equal scores (counted after all of them)")
+    if len(thresholds) > 1 and np.all(np.diff(thresholds) > 0):
+        expect(False, f"the thresholds increase ({thresholds[0]:g}, {thresholds[1]:g}, ...): sort the scores highest "
+                      "first (np.argsort(-scores)); a threshold flags every sample at or above it, so the counts "
+                      "accumulate from the top score down")
+    if len(thresholds) == len(want_t) and np.allclose(precision, want_r) and np.allclose(recall, want_p):
+        expect(False, "precision and recall are swapped: precision is tp / (tp + fp), over the flagged samples; "
+                      "recall is tp / positives, over the real ones")
+    expect(len(thresholds) == len(want_t) and np.allclose(thresholds, want_t),
+           f"thresholds {np.round(thresholds, 3).tolist()[:8]}, expected {np.round(want_t, 3).tolist()[:8]}: "
+           "the distinct scores, highest first")
+    expect(np.allclose(precision, want_p),
+           f"precision {np.round(precision, 3).tolist()[:8]}, expected {np.round(want_p, 3).tolist()[:8]}: "
+           "tp / (tp + fp) of the samples scoring at or above each threshold")
+    expect(np.allclose(recall, want_r),
+           f"recall {np.round(recall, 3).tolist()[:8]}, expected {np.round(want_r, 3).tolist()[:8]}: tp over the "
+           "number of positives, rising to 1 at the lowest threshold")
+
+
+@exercise("p2-eval.5")
+def test_pr_curve_on_five_samples():
+    precision, recall, thresholds = call_pr_curve(TINY_POSITIVE, TINY_SCORES)
+    diagnose_curve(precision, recall, thresholds, TINY_CURVE, distinct=4)
+
+
+@exercise("p2-eval.5")
+def test_pr_curve_matches_sklearn_with_many_ties():
+    for seed in (5, 6):
+        is_positive, scores = detection_data(seed)
+        sk_precision, sk_recall, sk_thresholds = sk_precision_recall_curve(is_positive, scores)
+        # scikit-learn: thresholds increasing, plus a last point (precision 1, recall 0) for no threshold
+        expected = {"thresholds": sk_thresholds[::-1], "precision": sk_precision[:-1][::-1],
+                    "recall": sk_recall[:-1][::-1]}
+        precision, recall, thresholds = call_pr_curve(is_positive, scores)
+        diagnose_curve(precision, recall, thresholds, expected, distinct=len(np.unique(scores)))
+
+
+@wrong_answer("p2-eval.5", diagnosis="sort the scores highest first")
+def pr_curve_sorted_ascending(is_positive, scores):
+    """The scores are sorted lowest first, so the counts accumulate from the bottom."""
+    is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="stable")
+    s, hits = scores[order], is_positive[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    tp, fp = np.cumsum(hits)[last].astype(float), np.cumsum(~hits)[last].astype(float)
+    return tp / (tp + fp), tp / hits.sum(), s[last]
+
+
+@wrong_answer("p2-eval.5", diagnosis="they make one point, not one each")
+def pr_curve_one_point_per_sample(is_positive, scores):
+    """Every sample is a point of its own, even when its score ties with the next one."""
+    is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    hits = is_positive[order]
+    tp, fp = np.cumsum(hits).astype(float), np.cumsum(~hits).astype(float)
+    return tp / (tp + fp), tp / hits.sum(), scores[order]
+
+
+@wrong_answer("p2-eval.5", diagnosis="precision and recall are swapped")
+def pr_curve_swapped(is_positive, scores):
+    """Returns (recall, precision, thresholds): the two figures in each other's place."""
+    is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    s, hits = scores[order], is_positive[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    tp, fp = np.cumsum(hits)[last].astype(float), np.cumsum(~hits)[last].astype(float)
+    return tp / hits.sum(), tp / (tp + fp), s[last]
+
+
+# --------------------------------------------------------------------------- p2-eval.6 the threshold for a cost
+
+
+def cheapest_thresholds(is_positive, scores, cost_miss, cost_false_alarm) -> tuple[list[float], dict]:
+    """Every threshold of least cost (by trying each distinct score and inf), and the cost of each threshold."""
+    is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    costs = {}
+    for t in [np.inf, *np.unique(scores)]:
+        flagged = scores >= t
+        costs[float(t)] = cost_miss * np.sum(is_positive & ~flagged) + cost_false_alarm * np.sum(~is_positive & flagged)
+    least = min(costs.values())
+    return sorted((t for t, c in costs.items() if c == least), reverse=True), costs
+
+
+def call_threshold(is_positive, scores, cost_miss, cost_false_alarm) -> float:
+    result = evaluation.threshold_for_cost(is_positive.copy(), scores.copy(), cost_miss, cost_false_alarm)
+    expect(np.ndim(result) == 0, f"threshold_for_cost returns one threshold (a float), got {type(result).__name__}")
+    return float(result)
+
+
+def diagnose_threshold(is_positive, scores, cost_miss, cost_false_alarm) -> None:
+    got = call_threshold(is_positive, scores, cost_miss, cost_false_alarm)
+    best, costs = cheapest_thresholds(is_positive, scores, cost_miss, cost_false_alarm)
+    if got == best[0]:
+        return
+    swapped, _ = cheapest_thresholds(is_positive, scores, cost_false_alarm, cost_miss)
+    if got in swapped and got not in best:
+        expect(False, f"threshold {got:g} is the cheapest with the two costs swapped: a miss (a positive scored "
+                      f"below the threshold) costs cost_miss={cost_miss:g}, a false alarm (a negative at or above it) "
+                      f"costs cost_false_alarm={cost_false_alarm:g}")
+    if best[0] == np.inf and got != np.inf:
+        expect(False, f"threshold {got:g} costs {costs.get(got, float('nan')):g}, but flagging nothing (threshold "
+                      f"inf: every positive missed, no false alarm) costs {costs[np.inf]:g}, the least here; try inf "
+                      "as well as every score")
+    if got in best:
+        expect(False, f"thresholds {', '.join(f'{t:g}' for t in best)} all cost {costs[best[0]]:g}, the least, and "
+                      f"you chose {got:g}: on a tie the docstring's rule takes the highest threshold (the fewest "
+                      "flags for the same cost)")
+    expect(False, f"threshold {got:g} costs {costs.get(got, 'something other than any score')}, but {best[0]:g} "
+                  f"costs {costs[best[0]]:g}: cost = cost_miss x positives scored below the threshold + "
+                  "cost_false_alarm x negatives scored at or above it (flag when score >= threshold)")
+
+
+@exercise("p2-eval.6")
+def test_threshold_on_a_small_example():
+    # Highest first: 0.9 pos, 0.8 neg, 0.7 pos, 0.6 neg, 0.5 neg, 0.4 pos, 0.3 neg, 0.2 neg, 0.1 neg.
+    is_positive = np.array([0, 1, 0, 0, 1, 0, 1, 0, 0], dtype=bool)
+    scores = np.array([0.2, 0.4, 0.6, 0.8, 0.9, 0.1, 0.7, 0.5, 0.3])
+    diagnose_threshold(is_positive, scores, 5.0, 1.0)     # 0.4: every positive, 3 false alarms, cost 3
+    diagnose_threshold(is_positive, scores, 1.0, 5.0)     # 0.9: no false alarm, 2 misses, cost 2
+
+
+@exercise("p2-eval.6")
+def test_threshold_ties_take_the_highest():
+    # 0.95 pos, five negatives, 0.45 pos, negatives: at 5:1, stopping at 0.95 or at 0.45 both cost 5.
+    scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.3, 0.2])
+    is_positive = np.array([1, 0, 0, 0, 0, 0, 1, 0, 0], dtype=bool)
+    diagnose_threshold(is_positive[::-1], scores[::-1], 5.0, 1.0)
+
+
+@exercise("p2-eval.6")
+def test_threshold_when_flagging_nothing_is_cheapest():
+    # The top score is a negative: any flag costs a false alarm (10), more than missing both positives (2).
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    is_positive = np.array([0, 1, 0, 1, 0], dtype=bool)
+    diagnose_threshold(is_positive, scores, 1.0, 10.0)
+
+
+@exercise("p2-eval.6")
+def test_threshold_against_every_candidate():
+    for seed, (cost_miss, cost_false_alarm) in zip((11, 12, 13), ((5.0, 1.0), (1.0, 1.0), (20.0, 1.0))):
+        is_positive, scores = detection_data(seed, n=300)
+        diagnose_threshold(is_positive, scores, cost_miss, cost_false_alarm)
+
+
+def _threshold_candidates(is_positive, scores, with_inf: bool = True):
+    is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    s, hits = scores[order], is_positive[order]
+    last = np.r_[s[1:] != s[:-1], True]
+    tp, fp = np.cumsum(hits)[last], np.cumsum(~hits)[last]
+    if with_inf:
+        return np.r_[np.inf, s[last]], np.r_[0, tp], np.r_[0, fp], hits.sum()
+    return s[last], tp, fp, hits.sum()
+
+
+@wrong_answer("p2-eval.6", diagnosis="the cheapest with the two costs swapped")
+def threshold_costs_swapped(is_positive, scores, cost_miss, cost_false_alarm):
+    """A miss is charged the false alarm's cost and a false alarm the miss's."""
+    thresholds, tp, fp, positives = _threshold_candidates(is_positive, scores)
+    return float(thresholds[np.argmin(cost_false_alarm * (positives - tp) + cost_miss * fp)])
+
+
+@wrong_answer("p2-eval.6", diagnosis="on a tie the docstring's rule takes the highest threshold")
+def threshold_lowest_on_tie(is_positive, scores, cost_miss, cost_false_alarm):
+    """Of the thresholds of least cost, the lowest (the last one np.argmin would not pick)."""
+    thresholds, tp, fp, positives = _threshold_candidates(is_positive, scores)
+    costs = cost_miss * (positives - tp) + cost_false_alarm * fp
+    return float(thresholds[np.flatnonzero(costs == costs.min())[-1]])
+
+
+@wrong_answer("p2-eval.6", diagnosis="try inf as well as every score")
+def threshold_never_flags_nothing(is_positive, scores, cost_miss, cost_false_alarm):
+    """Only the scores are tried: 'flag nothing' (threshold inf) is never a candidate."""
+    thresholds, tp, fp, positives = _threshold_candidates(is_positive, scores, with_inf=False)
+    return float(thresholds[np.argmin(cost_miss * (positives - tp) + cost_false_alarm * fp)])
+
+
+# --------------------------------------------------------------------------- p2-eval.7 class weights
+
+
+def call_class_weights(counts) -> np.ndarray:
+    weights = np.asarray(imbalance.class_weights(list(counts)), dtype=np.float64)
+    expect(weights.shape == (len(counts),), f"{len(counts)} counts should give {len(counts)} weights, one per "
+                                            f"class; got shape {weights.shape}")
+    return weights
+
+
+@exercise("p2-eval.7")
+def test_class_weights_favour_the_rare_class():
+    counts = [100, 100, 25, 100]
+    weights = call_class_weights(counts)
+    expected = np.array([4 / 7, 4 / 7, 16 / 7, 4 / 7])
+    if weights[2] < weights[0]:
+        expect(False, f"weights {np.round(weights, 3).tolist()}: the rare class (25 images) gets the smallest "
+                      "weight; weights go as 1 / count, so the rarer the class, the larger its weight")
+    totals = weights * np.array(counts)
+    expect(np.allclose(totals, totals[0]), f"count x weight is {np.round(totals, 2).tolist()} per class: with "
+                                           "inverse-frequency weights it is the same for every class (w_k ~ 1 / n_k)")
+    if abs(weights.sum() - 1) < 1e-9:
+        expect(False, f"the weights sum to 1 ({np.round(weights, 3).tolist()}): scale them so that their mean "
+                      "is 1, not their sum (an average class then weighs about 1)")
+    expect(abs(weights.mean() - 1) < 1e-9, f"the weights average {weights.mean():.4g}: divide 1 / count by the "
+                                           "mean of those values, so that the weights average 1")
+    expect(np.allclose(weights, expected), f"weights {np.round(weights, 4).tolist()}, expected "
+                                           f"{np.round(expected, 4).tolist()}")
+
+
+@exercise("p2-eval.7")
+def test_class_weights_of_the_lesson_split():
+    counts = [4500, 4500, 4500, 225, 4500, 4500, 4500, 4500, 4500, 4500]
+    weights = call_class_weights(counts)
+    expect(abs(weights.mean() - 1) < 1e-9 and abs(weights[3] / weights[0] - 20) < 1e-6,
+           f"weights {np.round(weights, 3).tolist()}: the class with 225 images should weigh 20 times one with "
+           "4,500, and the ten weights average 1")
+
+
+@wrong_answer("p2-eval.7", diagnosis="the rare class (25 images) gets the smallest")
+def class_weights_proportional(counts):
+    """Weights proportional to the counts (the class frequencies), normalised to mean 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts / counts.mean()
+
+
+@wrong_answer("p2-eval.7", diagnosis="not their sum")
+def class_weights_sum_to_one(counts):
+    """Inverse frequency, normalised to sum 1 instead of mean 1."""
+    inverse = 1.0 / np.asarray(counts, dtype=np.float64)
+    return inverse / inverse.sum()
+
+
+@wrong_answer("p2-eval.7", diagnosis="divide 1 / count by the mean")
+def class_weights_unnormalised(counts):
+    """Plain 1 / count, never scaled."""
+    return 1.0 / np.asarray(counts, dtype=np.float64)
