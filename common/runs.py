@@ -70,14 +70,6 @@ def check_run_name(name: str) -> str:
     return name
 
 
-def run_dir_for(milestone_id: str, run_dir: str | Path | None = None, *, name: str | None = None,
-                quick: bool = False) -> Path:
-    """``run_dir`` if given, else :func:`run_path`; created if missing."""
-    path = Path(run_dir) if run_dir is not None else run_path(milestone_id, name=name, quick=quick)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def finished(folder: Path) -> bool:
     return (Path(folder) / "metrics.json").is_file()
 

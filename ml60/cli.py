@@ -83,16 +83,21 @@ def run_milestone(m: Milestone, extra: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", m.module, *extra])  # nosec B603
 
 
+def milestone_named(name: str) -> Milestone | None:
+    """The milestone ``name`` ids, or None after saying on stderr that there is none (the caller exits 2)."""
+    try:
+        return by_id(name)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return None
+
+
 def cmd_run(args: list[str]) -> int:
     if not args:
         print("usage: python -m ml60 run ID [ARGS...]", file=sys.stderr)
         return 2
-    try:
-        m = by_id(args[0])
-    except KeyError as exc:
-        print(exc.args[0], file=sys.stderr)
-        return 2
-    return run_milestone(m, args[1:])
+    m = milestone_named(args[0])
+    return run_milestone(m, args[1:]) if m else 2
 
 
 def cmd_phase(args: list[str]) -> int:
@@ -166,12 +171,12 @@ def _data_kind(metrics: dict | None) -> str:
 
 
 def cmd_progress() -> int:
-    from ml60.compare import find_runs
+    from ml60.compare import finished_run_folders
     from ml60.grading import solved_counts
 
     print("Grading the exercises in the tree (make check M=<id> says which and why)...", flush=True)
     solved = solved_counts()
-    rows = []
+    rows, notes = [], []
     for m in MILESTONES:
         done, total = solved.get(m.id, (0, 0))
         exercises = f"{done}/{total}" if total else "-"
@@ -187,11 +192,11 @@ def cmd_progress() -> int:
             continue
         kind = "quick run" if metrics.get("quick") else "full run"
         when = metrics.get("finished_utc", "?")
-        others = len(find_runs(m.id)) - 1
+        others = len(finished_run_folders(m.id)) - 1
         more = f" (+{others}: make compare M={m.id})" if others > 0 else ""
         rows.append((m.id, m.days, exercises, f"{kind} {when}{more}", key_figure_text(metrics), _check(m, metrics)))
+        notes += [(m.id, text) for text in _speed(m, metrics)]
     print(_table(("milestone", "days", "exercises solved", "run", "key figure", "check"), rows))
-    notes = [(m.id, text) for m in MILESTONES if m.built for text in _speed(m, read_metrics(m))]
     if notes:
         print("\nMachine speed (information, not a check: the reference machine is a 2-core AMD EPYC; yours differs):")
         for milestone_id, text in notes:
@@ -203,24 +208,20 @@ def cmd_compare(args: list[str]) -> int:
     if len(args) != 1:
         print("usage: python -m ml60 compare ID   (make compare M=p1-numpy)", file=sys.stderr)
         return 2
-    try:
-        m = by_id(args[0])
-    except KeyError as exc:
-        print(exc.args[0], file=sys.stderr)
+    m = milestone_named(args[0])
+    if m is None:
         return 2
     from ml60.compare import compare
 
     return compare(m.id)
 
 
-def _speed(m: Milestone, metrics: dict | None) -> list[str]:
+def _speed(m: Milestone, metrics: dict) -> list[str]:
     """The run's machine-speed figures beside the reference machine's (``speed(metrics)``), as text."""
     import importlib
 
     from common.script import speed_text
 
-    if not metrics or "_unreadable" in metrics:
-        return []
     speed = getattr(importlib.import_module(m.module), "speed", None)
     return [speed_text(figure) for figure in speed(metrics)] if speed else []
 

@@ -26,13 +26,18 @@ CURVES = (("val_accuracy", "validation accuracy"), ("train_loss", "training loss
 IGNORED_ARGUMENTS = {"run_dir", "run_name", "data_dir", "device"}    # where, not what
 
 
-def find_runs(milestone_id: str) -> list[tuple[str, Path, dict]]:
-    """``(label, folder, metrics)`` of every finished run of the milestone: the default run first, then by name."""
+def finished_run_folders(milestone_id: str) -> list[tuple[str, Path]]:
+    """``(label, folder)`` of every finished run of the milestone, the default run first, then by name; nothing read."""
     base = runs.run_path(milestone_id)
     folders = [("(default)", base)]
     if base.is_dir():
         folders += [(p.name, p) for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    return [(label, folder, readable_metrics(folder)) for label, folder in folders if runs.finished(folder)]
+    return [(label, folder) for label, folder in folders if runs.finished(folder)]
+
+
+def find_runs(milestone_id: str) -> list[tuple[str, Path, dict]]:
+    """``(label, folder, metrics)`` of every finished run of the milestone: the default run first, then by name."""
+    return [(label, folder, readable_metrics(folder)) for label, folder in finished_run_folders(milestone_id)]
 
 
 def readable_metrics(folder: Path) -> dict:
