@@ -53,25 +53,32 @@ def scratch_tree(tmp_path: Path) -> Path:
 
 
 def python(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m ...`` inside the scratch tree: its own copies of the packages come first on the path."""
-    env = {**os.environ, "ML60_RUNS_DIR": str(root / "runs"), "PYTHONPATH": str(root)}
+    """``python -m ...`` inside the scratch tree: its own copies of the packages come first on the path.
+
+    The runs use the offline stand-in data, as a learner's quick run does before the datasets are in
+    place: this proof is about which code runs, and the real-data tests already cover the real files.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "ML60_DATA_DIR"}
+    env.update(ML60_RUNS_DIR=str(root / "runs"), PYTHONPATH=str(root), ML60_OFFLINE="1")
     return subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def verdicts(root: Path, *milestones: str) -> dict[str, str]:
-    out = python(root, "-m", "ml60", "check-json", *milestones)
-    assert out.returncode == 0, f"check-json failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def grade(root: Path, milestones: list[str], *, check_run_of: str | None = None) -> tuple[dict[str, str], list[str]]:
+    """(every exercise verdict of ``milestones``, the problems ``check(metrics)`` finds in ``check_run_of``'s quick run).
 
-
-def metrics_problems(root: Path, milestone_id: str) -> list[str]:
-    """The milestone's own check(metrics) on the run it just wrote, evaluated inside the scratch tree."""
-    code = (f"import json, importlib; from ml60.milestones import by_id; from common.runs import read_metrics, run_path; "
-            f"m = by_id({milestone_id!r}); print(json.dumps(importlib.import_module(m.module).check("
-            f"read_metrics(run_path(m.id, quick=True)))))")
-    out = python(root, "-c", code)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    One process for both, inside the scratch tree: the verdicts come from one pytest run over the
+    milestones' check files (what ``make check`` does), the problems from the milestone's own ``check``.
+    """
+    code = ("import json, importlib, sys; from ml60.grading import verdicts_json; from ml60.milestones import by_id; "
+            "from common.runs import read_metrics, run_path; problems = []\n"
+            "if sys.argv[1]:\n"
+            "    m = by_id(sys.argv[1])\n"
+            "    problems = importlib.import_module(m.module).check(read_metrics(run_path(m.id, quick=True)))\n"
+            "print(json.dumps({'problems': problems, 'verdicts': json.loads(verdicts_json(sys.argv[2:]))}))")
+    out = python(root, "-c", code, check_run_of or "", *milestones)
+    assert out.returncode == 0, f"grading failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    graded = json.loads(out.stdout.strip().splitlines()[-1])
+    return graded["verdicts"], graded["problems"]
 
 
 @pytest.mark.slow
@@ -99,7 +106,7 @@ def test_stubs_in_course_order(tmp_path):
                    f"{raised[-1] if raised else '?'} ({time.perf_counter() - start:.0f}s)")
 
     first = MILESTONES[0].id
-    expect_stubbed(first, verdicts(root, first))
+    expect_stubbed(first, grade(root, [first])[0])
     for k, milestone in enumerate(MILESTONES):
         after = MILESTONES[k + 1].id if k + 1 < len(MILESTONES) else None
         if ids[milestone.id]:
@@ -109,9 +116,10 @@ def test_stubs_in_course_order(tmp_path):
         if run.returncode != 0:
             problems.append(f"{milestone.id} restored, later milestones stubbed: its quick run failed "
                             f"(exit {run.returncode}):\n{(run.stdout + run.stderr)[-2000:]}")
-        else:
-            problems += [f"{milestone.id}: {p}" for p in metrics_problems(root, milestone.id)]
-        found = verdicts(root, *[m for m in (milestone.id, after) if m])   # one pytest process for both
+        # One process grades both milestones and checks the run it just wrote.
+        found, run_problems = grade(root, [m for m in (milestone.id, after) if m],
+                                    check_run_of=milestone.id if run.returncode == 0 else None)
+        problems += [f"{milestone.id}: {p}" for p in run_problems]
         unsolved = {i: found.get(i, "no verdict") for i in ids[milestone.id] if found.get(i) != "solved"}
         if unsolved:
             problems.append(f"{milestone.id} restored, later milestones stubbed: exercises not solved: {unsolved}")
