@@ -111,17 +111,18 @@ def test_fast_path_reaches_98_percent_on_real_mnist(real_data_dir, tmp_path):
 def test_refactor_reproduces_the_seed_recipe_on_real_mnist(real_data_dir, tmp_path):
     """The seed recipe, as a plain loop and through the classes: within 0.3 points.
 
-    Three of the recipe's ten epochs keep CI under its time budget (~50 s instead of ~2.5 min); the
-    10-epoch target (97.5%) is what `make p1-train` measures and `make progress` checks.
+    Two of the recipe's ten epochs keep CI under its time budget (~55 s for both loops on 2 cores,
+    instead of ~5 min): 97.1% and 97.06% after two (seed 0), a 0.06-point gap. The 10-epoch target
+    (97.5%) is what `make p1-train` measures and `make progress` checks.
     """
     from common.data import load_dataset
 
-    epochs = 3
+    epochs = 2
     data = load_dataset("mnist", data_dir=real_data_dir, download=False)
     train_ds, test_ds = p1_train.seed_datasets(data, real_data_dir, quick=False, seed=0)
     _, history, _ = p1_train.train_seed_recipe(train_ds, test_ds, epochs=epochs, device=torch.device("cpu"),
                                                seed=0)
-    assert history[-1]["val_accuracy"] >= 0.96   # already past 96% after 3 epochs; chance is 10%
+    assert history[-1]["val_accuracy"] >= 0.96   # already past 96% after 2 epochs; chance is 10%
     args = type("Args", (), {"quick": False, "epochs": epochs, "seed": 0})()
     refactored = p1_refactor.classic(data, args, torch.device("cpu"), tmp_path)
     difference = refactored["test_accuracy"] - history[-1]["val_accuracy"]
