@@ -39,11 +39,20 @@ ifdef DATA_DIR
 export ML60_DATA_DIR := $(abspath $(DATA_DIR))
 endif
 
+# REAL_TOOLS=1: the tests that drive real programs beside Python (Debian's chromium and chromium-driver
+# for the browser tests, prometheus and promtool for the alert rules) must find them or fail, as
+# DATA_DIR does for the data; `make test REAL_TOOLS=1` (what CI runs) installs them first when missing.
+SYSTEM_PACKAGES := chromium chromium-driver prometheus
+SYSTEM_TOOLS    := chromium chromedriver prometheus promtool
+ifdef REAL_TOOLS
+export ML60_REAL_TOOLS := 1
+endif
+
 MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test progress compare under-the-hood exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
+.PHONY: help install quickstart test system-tools progress compare under-the-hood exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -70,8 +79,18 @@ install: $(STAMP)
 quickstart: $(DEPLOY_STAMP)
 	$(PY) -m ml60 quickstart
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(if $(REAL_TOOLS),system-tools)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The browser and Prometheus, from Debian (apt-get needs root; otherwise it says what to run).
+system-tools:
+	@missing=$$(for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "installing $(SYSTEM_PACKAGES) (missing: $$(echo $$missing))"; \
+	if [ "$$(id -u)" != 0 ]; then echo "run as root: apt-get install -y $(SYSTEM_PACKAGES)"; exit 1; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 
 progress: $(STAMP)
 	@$(PY) -m ml60 progress

@@ -17,6 +17,9 @@ import json
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
+# Files that travel with the model, each listed as {"file", "sha256", "bytes"} and verified like it:
+# the drift reference statistics, and a few test images with their labels for the demo page.
+SIDE_FILES = ("reference", "samples")
 
 
 def sha256_of(path: Path) -> str:
@@ -69,13 +72,15 @@ def manifest_problems(manifest: dict) -> list[str]:
     else:
         for key, entry in variants.items():
             problems += entry_problems(entry, f"variants.{key}.")
-    if "reference" in manifest:
-        reference = manifest["reference"]
-        if not isinstance(reference, dict):
-            problems.append(f"'reference' must be an object with 'file' and 'sha256', got {type(reference).__name__}")
+    for key in SIDE_FILES:
+        if key not in manifest:
+            continue
+        side = manifest[key]
+        if not isinstance(side, dict):
+            problems.append(f"'{key}' must be an object with 'file' and 'sha256', got {type(side).__name__}")
         else:
-            problems += file_name_problems(reference.get("file"), "reference.file")
-            problems += sha256_problems(reference.get("sha256"), "reference.sha256")
+            problems += file_name_problems(side.get("file"), f"{key}.file")
+            problems += sha256_problems(side.get("sha256"), f"{key}.sha256")
     return problems
 
 

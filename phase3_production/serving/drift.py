@@ -42,6 +42,7 @@ from phase3_production.serving.stats import chi_square, ks_2samp, psi
 INPUT_FEATURES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "sharpness")
 FEATURES = (*INPUT_FEATURES, "confidence")
 REFERENCE_NAME = "reference.json"
+HISTORY_CHECKS = 1000    # the checks kept for the dashboard's chart; older ones fall off
 
 
 def image_features(pixels: np.ndarray) -> np.ndarray:
@@ -113,7 +114,8 @@ class DriftMonitor:
     seen: int = 0
     alarm: bool = False
     last: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)      # (request index, min KS p, chi-square p, alarm)
+    # (request index, min KS p, chi-square p, alarm) of the last HISTORY_CHECKS checks: bounded, as the service runs for months
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_CHECKS))
     failure: dict | None = None                      # the error of the last check, None when it succeeded
 
     def __post_init__(self):

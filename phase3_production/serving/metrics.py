@@ -18,6 +18,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from phase3_production.serving.live import LiveStats
+
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -26,6 +28,7 @@ class ServiceMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self):
+        self.live = LiveStats()   # the same events, second by second, for /dashboard (GET /v1/stats)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("ml60_requests", "HTTP requests by route template and status", ["route", "status"],
@@ -51,12 +54,24 @@ class ServiceMetrics:
         self.decode_bytes = Gauge("ml60_decode_bytes_reserved", "memory reserved by the image decodes in flight",
                                   registry=r)
         self.feedback = Counter("ml60_feedback", "labels received for predictions", ["outcome"], registry=r)
+        self.ready = Gauge("ml60_ready", "1 while the service accepts predictions (what /readyz answers)", registry=r)
         self.model_info = Gauge("ml60_model_info", "The model being served (value 1)", ["version", "file"],
                                 registry=r)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
         self.latency.labels(route=route).observe(seconds)
+        self.live.record_request(route, status, seconds)
+
+    def observe_batch(self, size: int) -> None:
+        """One model call of ``size`` images (the batcher calls this from the model's thread)."""
+        self.batch_size.observe(size)
+        self.live.record_batch(size)
+
+    def observe_feedback(self, correct: bool, live_accuracy: float) -> None:
+        self.feedback.labels(outcome="correct" if correct else "wrong").inc()
+        self.live_accuracy.set(live_accuracy)
+        self.live.record_feedback(correct, live_accuracy)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phase3_production.manifest import sha256_of, verify_sha256
+from phase3_production.manifest import SIDE_FILES, sha256_of, verify_sha256
 from phase3_production.runtime import onnx_session
 
 
@@ -34,6 +34,7 @@ class ServedModel:
     metadata: dict[str, str]
     session: object
     reference_path: Path | None = None     # drift reference statistics, verified like the model
+    samples_path: Path | None = None       # a few labelled test images for the demo page, verified too
 
     @property
     def version(self) -> str:
@@ -47,12 +48,14 @@ class ServedModel:
             manifest, entry = verify_sha256(path)
         except (FileNotFoundError, ValueError) as exc:
             raise ModelLoadError(f"refusing to serve: {exc}") from exc
-        reference_path = None
-        if "reference" in manifest:   # read_manifest checked it names a plain file beside the manifest
-            reference_path = Path(model_dir) / manifest["reference"]["file"]
-            if not reference_path.is_file() or sha256_of(reference_path) != manifest["reference"]["sha256"]:
-                raise ModelLoadError(f"refusing to serve: {reference_path}: missing or its sha256 does not "
-                                     "match the manifest")
+        side_files = {}
+        for key in SIDE_FILES:
+            if key in manifest:   # read_manifest checked it names a plain file beside the manifest
+                side = Path(model_dir) / manifest[key]["file"]
+                if not side.is_file() or sha256_of(side) != manifest[key]["sha256"]:
+                    raise ModelLoadError(f"refusing to serve: {side}: missing or its sha256 does not "
+                                         "match the manifest")
+                side_files[key] = side
         try:
             # Not spinning: busy-waiting pool threads would steal the CPU from the HTTP side of the process.
             session = onnx_session(path, intra_op_threads)
@@ -71,7 +74,8 @@ class ServedModel:
             raise ModelLoadError(f"refusing to serve: {path}: input shape {shape} does not match "
                                  f"{len(mean)} normalisation channels")
         return cls(path=path, sha256=entry["sha256"], classes=classes, input_shape=shape, mean=mean, std=std,
-                   metadata=metadata, session=session, reference_path=reference_path)
+                   metadata=metadata, session=session, reference_path=side_files.get("reference"),
+                   samples_path=side_files.get("samples"))
 
     def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities for a float32 batch already normalised, shape (N, C, H, W)."""

@@ -14,6 +14,8 @@ route                           what it does
 ``POST /v1/feedback``           the true label of an earlier prediction (needs the API token)
 ``GET /v1/drift``               the drift monitor's last comparison, or why it is off
 ``GET /v1/model``               the served model: version, sha256, classes, preprocessing
+``GET /v1/samples``             a few labelled test images for the demo page
+``GET /v1/stats``               the last minutes second by second, drift and live accuracy (``/dashboard``)
 ``GET /healthz``                liveness: the process answers
 ``GET /readyz``, ``GET /ping``  readiness: the model is verified, loaded and accepting work
 ``GET /metrics``                Prometheus
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -211,8 +215,7 @@ async def feedback(request: Request):
     correct = int(label == record["class_index"])
     state.outcomes.append(correct)
     live = sum(state.outcomes) / len(state.outcomes)
-    state.metrics.feedback.labels(outcome="correct" if correct else "wrong").inc()
-    state.metrics.live_accuracy.set(live)
+    state.metrics.observe_feedback(bool(correct), live)
     return {"correct": bool(correct), "live_accuracy": live, "labelled": len(state.outcomes)}
 
 
@@ -273,3 +276,40 @@ async def model_info(request: Request):
     if state.model is None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
     return state.model.describe()
+
+
+@router.get("/v1/samples", summary="A few labelled test images that came with the model (the demo page's)")
+async def samples(request: Request):
+    state = service(request)
+    if not state.samples:
+        return {"samples": [], "reason": "this model was exported without demo samples (`make p3-onnx` writes them)"}
+    return {"samples": state.samples}
+
+
+@router.get("/v1/stats", summary="The last minutes of traffic second by second, drift and live accuracy")
+async def stats(request: Request):
+    """What ``/dashboard`` draws; ``/metrics`` stays the Prometheus format for Prometheus.
+
+    The drift monitor is read here, on the event loop that also updates it
+    (so it never changes half-way through a copy); the traffic summary, which
+    sorts latencies, runs in a worker thread under its own lock.
+    """
+    state = service(request)
+    drift = {"enabled": False, "reason": state.drift_off_reason or "the model is not loaded yet"}
+    if state.drift is not None:
+        last = state.drift.last or {}
+        drift = {"enabled": True, "alarm": state.drift.alarm, "requests_seen": state.drift.seen,
+                 "window": state.drift.window, "alpha": state.drift.alpha, "reasons": last.get("reasons", []),
+                 "p_values": {name: test["p_value"] for name, test in last.get("features", {}).items()}
+                 | ({"class_mix": last["class_mix"]["p_value"]} if last else {}),
+                 "psi": {name: test["psi"] for name, test in last.get("features", {}).items()},
+                 "threshold": last.get("ks_threshold_bonferroni"),
+                 "history": [{"request": r, "min_ks_p": ks, "class_mix_p": chi, "alarm": alarm}
+                             for r, ks, chi, alarm in state.drift.history],
+                 "failure": state.drift.failure}
+    labelled = len(state.outcomes)
+    accuracy = {"labelled": labelled, "window": state.outcomes.maxlen,
+                "value": sum(state.outcomes) / labelled if labelled else None}
+    traffic = await run_in_threadpool(state.metrics.live.snapshot)
+    return {"ready": state.ready, "model_version": state.model.version if state.model else None,
+            "uptime_s": round(time.time() - state.started, 1), **traffic, "drift": drift, "live_accuracy": accuracy}
