@@ -18,7 +18,8 @@ What to take from it:
 (and ``QUICK=1``, and ``make phase3``) instead starts the service exactly as
 the container does, sends it real test images and every hostile upload in
 ``bad_inputs.py``, a concurrent burst, and a shutdown under load, and writes
-``runs/p3-serve/metrics.json``.
+``runs/p3-serve/metrics.json``, with ``demo.png`` and ``dashboard.png``: the
+pages, photographed by a headless Chromium when one is installed.
 """
 
 from __future__ import annotations
@@ -233,10 +234,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         after = batch_sizes_seen(port)
         calls, seen = after["model_calls"] - before["model_calls"], after["images"] - before["images"]
         print(f"  {statuses.count(200)}/64 answered 200 in {calls} model calls (mean batch {seen / max(1, calls):.1f})")
+
+        print(f"\n-- 5. The pages: http://127.0.0.1:{port}/ (the demo) and /dashboard (the live view) --")
+        pictures = page_screenshots(port, run_dir)
     finally:
         exit_code = stop_server(process)
 
-    print("\n-- 5. Shutdown under load: SIGTERM while 32 requests are in flight --")
+    print("\n-- 6. Shutdown under load: SIGTERM while 32 requests are in flight --")
     drain = shutdown_under_load(model_dir, images[:32] if len(images) >= 32 else np.resize(
         images, (32, *images.shape[1:])), run_dir / "server-drain.log")
     print(f"  {drain['ok']} answered 200, {drain['refused_after_close']} arrived after the listener closed, "
@@ -257,14 +261,33 @@ def main(argv: list[str] | None = None) -> dict | None:
                       hostile_uploads=hostile, alive_after_hostile_uploads=alive,
                       burst={"requests": 64, "ok": statuses.count(200), "model_calls": calls,
                              "mean_batch": seen / max(1, calls)},
-                      drain=drain, server_exit_code=exit_code, settings={
+                      drain=drain, server_exit_code=exit_code, screenshots=pictures, settings={
                           k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()})
+
+
+def page_screenshots(port: int, run_dir: Path) -> dict:
+    """``demo.png`` (the page answering its fourth sample) and ``dashboard.png`` (after this run's traffic),
+    taken by a headless Chromium when there is one: ``{"files": [...]}`` or ``{"skipped": why}``."""
+    from phase3_production.screenshots import screenshot
+
+    pages = {"demo.png": (f"http://127.0.0.1:{port}/#sample=3", 900),
+             "dashboard.png": (f"http://127.0.0.1:{port}/dashboard", 1400)}
+    taken = []
+    try:
+        for name, (url, height) in pages.items():
+            taken.append(screenshot(url, run_dir / name, height=height).name)
+            print(f"  {name}: {url}")
+    except (FileNotFoundError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"  no screenshots: {exc}")
+        return {"files": taken, "skipped": str(exc)}
+    return {"files": taken}
 
 
 def serve_forever(model_dir: Path, port: int) -> None:
     print(f"Serving {model_dir} on http://127.0.0.1:{port} (Ctrl-C stops). Try:\n"
+          f"  open http://127.0.0.1:{port}/            the demo: drop an image, see the top 3\n"
+          f"  open http://127.0.0.1:{port}/dashboard   the live view: rate, latency, errors, drift\n"
           f"  curl -F file=@some.png http://127.0.0.1:{port}/v1/predict\n"
-          f"  open http://127.0.0.1:{port}/docs\n"
           f"$ HOST=127.0.0.1 PORT={port} MODEL_DIR={model_dir} {' '.join(SERVE_COMMAND)}", flush=True)
     os.environ.update(MODEL_DIR=str(model_dir), HOST="127.0.0.1", PORT=str(port))
     command = serve_command()

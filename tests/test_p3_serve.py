@@ -17,7 +17,9 @@ from PIL import Image
 
 from phase3_production import bad_inputs
 from phase3_production.http_client import multipart
+from phase3_production.screenshots import find_browser
 from phase3_production.serving.config import Settings
+from tests.real_tools import tool
 
 pytestmark = getattr(pytest.mark, "p3-serve")
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +225,13 @@ def test_self_test_runs_the_container_command_and_passes(model_dir, tmp_path, mo
     assert metrics["agree_with_direct_model"] == 20
     assert {r["case"] for r in metrics["hostile_uploads"]} >= {"chunked body over the limit (no Content-Length)"}
     assert metrics["drain"]["ok"] >= 1 and metrics["drain"]["other"] == 0
+    # The pages, photographed by the browser (where one is installed; REAL_TOOLS=1 demands it).
+    if find_browser() is None:
+        tool("chromium")                                  # fails under ML60_REAL_TOOLS=1, skips otherwise
+    assert metrics["screenshots"] == {"files": ["demo.png", "dashboard.png"]}, metrics["screenshots"]
+    for name in metrics["screenshots"]["files"]:
+        picture = Image.open(tmp_path / "runs" / "p3-serve" / "quick" / name)
+        assert picture.size[0] == 1100 and len(np.unique(np.asarray(picture.convert("L")))) > 20   # not a blank page
 
 
 def test_multipart_helper_round_trips_through_the_parser(client):

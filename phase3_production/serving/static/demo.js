@@ -119,6 +119,9 @@ async function showSamples() {
       classify(blobOfBase64(sample.png_base64, "image/png"), `${sample.label}.png`));
     $("samples").append(button);
   }
+  // A link can show an answer at once: /#sample=3 classifies the fourth sample when the page opens.
+  const chosen = /^#sample=(\d+)$/.exec(window.location.hash);
+  if (chosen && Number(chosen[1]) < samples.length) $("samples").children[Number(chosen[1])].click();
 }
 
 function wireUploads() {
