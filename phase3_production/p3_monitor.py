@@ -19,7 +19,9 @@ requests between them.  Half the predictions get their true label back.
 
 Run: ``make p3-monitor`` (after ``make p3-onnx``).  Writes ``runs/p3-monitor/``:
 ``drift.png`` (drift scores and live accuracy over the requests),
-``timeline.json`` and ``metrics.json`` (when each shift was detected).
+``timeline.json`` and ``metrics.json`` (when each shift was detected), and
+``dashboard.png``: the live view (``/dashboard``) at the end of the day, photographed by a headless
+Chromium when one is installed.
 """
 
 from __future__ import annotations
@@ -127,15 +129,15 @@ def play(port: int, images: np.ndarray, labels: np.ndarray, classes: list[str], 
     return timeline
 
 
-def stop_if_monitor_failed(state: dict) -> None:
-    """The service keeps answering when its drift monitor fails, and ``/v1/drift`` says so: a run that
-    measures the monitor stops there, rather than report that nothing drifted."""
+def stop_if_monitor_failed(state: dict, what: str = "the drift monitor") -> None:
+    """The service keeps answering when a monitor fails, and ``/v1/drift`` (or ``/v1/stats``) says so: a run
+    that measures the monitor stops there, rather than report that nothing drifted."""
     failure = state.get("failure")
     if failure:
-        print(f"  the drift monitor failed at request {state.get('requests_seen')} (server.log has the traceback)")
+        print(f"  {what} failed (server.log has the traceback)")
         if failure["type"] == "NotImplementedError":
             raise NotImplementedError(failure["message"])
-        raise RuntimeError(f"the drift monitor failed: {failure['type']}: {failure['message']}")
+        raise RuntimeError(f"{what} failed: {failure['type']}: {failure['message']}")
 
 
 def _min_p(last: dict) -> float | None:
@@ -195,6 +197,17 @@ def plot(timeline: list[dict], plan, alpha: float, n_tests: int, path: Path) -> 
     return save(fig, path)
 
 
+def dashboard_screenshot(port: int, run_dir: Path) -> str | None:
+    """``dashboard.png``: the live view at the end of the day's traffic, when a headless Chromium is installed."""
+    from phase3_production.screenshots import screenshot
+
+    try:
+        return screenshot(f"http://127.0.0.1:{port}/dashboard", run_dir / "dashboard.png", height=1400).name
+    except (FileNotFoundError, RuntimeError, OSError) as exc:
+        print(f"  no dashboard screenshot: {exc}")
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
     parser.add_argument("--model-dir", default=None, help="default: runs/p3-onnx")
@@ -227,6 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
                         poll_every=drift["check_every"], token=token)
         seconds = time.perf_counter() - start
         live = Client(port).call("GET", "/v1/drift")
+        stats = Client(port).call("GET", "/v1/stats")
+        stop_if_monitor_failed(stats, "the dashboard's latency sampling")
+        picture = dashboard_screenshot(port, run_dir)
     finally:
         stop_server(process)
 
@@ -242,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     detected = sum(d["requests_to_detect"] is not None and d["requests_to_detect"] <= DETECT_WITHIN
                    for d in found.values())
     label = "" if splits.dataset.real else " (stand-in data)"
+    w = stats["window"]
+    print(f"  the dashboard's last minute: {w['requests_per_s']:.0f} requests/s, latency p50 {w['p50_ms']} ms, "
+          f"p95 {w['p95_ms']} ms, p99 {w['p99_ms']} ms" + (f"; {picture} in the run folder" if picture else ""))
     print(f"\nResult: {detected}/{len(found)} shifts detected within {DETECT_WITHIN} requests, "
           f"{len(false_alarms)} false alarms in {n_clean:,} clean requests.{label}")
     return finish_run(run_dir, MILESTONE, args,
@@ -251,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
                       data=splits.dataset.provenance(), plan=plan, detections=found, false_alarms=false_alarms,
                       clean_requests=n_clean, detect_within=DETECT_WITHIN, seconds=seconds,
                       drift_settings={k: live[k] for k in ("window", "check_every", "alpha")},
-                      final_live_accuracy=timeline[-1].get("live_accuracy") if timeline else None)
+                      final_live_accuracy=timeline[-1].get("live_accuracy") if timeline else None,
+                      last_minute=stats["window"], dashboard_screenshot=picture)
 
 
 def check(metrics: dict) -> list[str]:

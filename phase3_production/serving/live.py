@@ -24,6 +24,7 @@ otherwise show up as the load being watched.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -31,6 +32,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+log = logging.getLogger("ml60.serve")
 PREDICTION_ROUTES = frozenset({"/v1/predict", "/v1/predict/batch", "/invocations"})
 PERCENTILES = (50, 95, 99)
 
@@ -94,6 +96,8 @@ class Second:
         probability k/n: a fair sample of the whole second, in bounded memory,
         without knowing in advance how many requests the second will bring.
         """
+        # EXERCISE p3-monitor.4: keep a fair sample of at most sample_size latencies (reservoir sampling)
+        # hint: count the latency (self.timed); keep it while there is room; else draw slot = self.rng.randrange(self.timed) and replace that one if slot < sample_size
         self.timed += 1
         if len(self.latencies) < self.sample_size:
             self.latencies.append(seconds)
@@ -101,6 +105,7 @@ class Second:
         slot = self.rng.randrange(self.timed)
         if slot < self.sample_size:
             self.latencies[slot] = seconds
+        # END EXERCISE
 
     def summary(self) -> dict:
         row = {"t": self.t, "requests": self.requests, "batches": self.batches,
@@ -128,6 +133,7 @@ class LiveStats:
         self.totals: Counter = Counter()               # since start: prediction answers per status class
         self.started = clock()
         self.lock = threading.Lock()
+        self.failure: dict | None = None               # the error of the last failed sample, shown on /v1/stats
 
     def _second(self) -> Second:
         """The current second's bucket, starting a new one (and dropping the oldest) when the clock moved on."""
@@ -145,7 +151,12 @@ class LiveStats:
             second.statuses[status_class(status)] += 1
             self.totals[status_class(status)] += 1
             if status == 200:      # the latency of an answer; refusals are counted, not timed
-                second.add_latency(seconds)
+                try:
+                    second.add_latency(seconds)
+                except Exception as exc:   # the dashboard must never fail a request: /v1/stats says what broke
+                    if self.failure is None:
+                        log.exception("live statistics failed; requests continue")
+                    self.failure = {"type": type(exc).__name__, "message": str(exc)}
 
     def record_batch(self, size: int) -> None:
         with self.lock:
@@ -187,4 +198,5 @@ class LiveStats:
         window = {"seconds": span, "requests": window_requests, "requests_per_s": round(window_requests / span, 3),
                   **{name: window_statuses.get(name, 0) for name in ("2xx", "4xx", "5xx", "503")},
                   **percentiles(window_latencies)}
-        return {"now": now, "series": series, "window": window, "batch_sizes": batch_sizes, "totals": totals}
+        return {"now": now, "series": series, "window": window, "batch_sizes": batch_sizes, "totals": totals,
+                "failure": self.failure}

@@ -4,15 +4,18 @@ The expected answers are written here, independently of the code under test:
 the KS statistic by brute force (both empirical CDFs at every point), the PSI
 by a plain loop over the values, Holm's procedure on hand-worked p-values,
 and its false-alarm rate by simulation (under "no drift", a p-value is
-uniform on 0..1).
+uniform on 0..1); the reservoir sample's fairness by counting, over 400
+seeds, how often each position is kept.
 """
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from ml60.grading import exercise, expect, wrong_answer
-from phase3_production.serving import drift, stats
+from phase3_production.serving import drift, live, stats
 
 
 def call(function, *args, **kwargs):
@@ -280,3 +283,86 @@ def holm_without_stopping(p_values, alpha):
 def bonferroni_for_every_feature(p_values, alpha):
     """Every p-value is held to alpha / m: safe, but not Holm's procedure, and it misses features that moved."""
     return [name for name, p in p_values.items() if p < alpha / len(p_values)]
+
+
+# --------------------------------------------------------------------------- p3-monitor.4 reservoir sampling
+
+
+def offer(values, k: int, seed: int) -> "live.Second":
+    """One second of the dashboard, offered ``values`` as latencies one by one; its sample is ``.latencies``."""
+    second = live.Second(0, sample_size=k, rng=random.Random(seed))
+    for value in values:
+        call(second.add_latency, value)
+    return second
+
+
+@exercise("p3-monitor.4")
+def test_reservoir_keeps_every_latency_while_there_is_room():
+    second = offer([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], k=10, seed=0)
+    expect(second.latencies == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+           f"7 latencies offered to a sample of 10 gave {second.latencies}: while there is room, keep each one, "
+           "in the order it came")
+    expect(second.timed == 7, f"self.timed = {second.timed} after 7 latencies: count every latency offered "
+                              "(the n in the chance k/n)")
+
+
+@exercise("p3-monitor.4")
+def test_reservoir_never_grows_past_its_size():
+    values = [i / 1000 for i in range(1000)]
+    second = offer(values, k=16, seed=1)
+    expect(len(second.latencies) == 16, f"1,000 latencies into a sample of 16 left {len(second.latencies)}: once it "
+                                        "is full, a latency that is kept replaces one already kept")
+    expect(len(set(second.latencies)) == 16 and set(second.latencies) <= set(values),
+           "the sample holds values that were never offered, or one twice: replace the kept latency at the "
+           "drawn slot")
+    expect(second.timed == 1000, f"self.timed = {second.timed} after 1,000 latencies: count every one")
+
+
+@exercise("p3-monitor.4")
+def test_reservoir_gives_early_and_late_latencies_the_same_chance():
+    """400 samples of 20 out of 400 latencies: every position should be kept 20 / 400 = 5% of the time."""
+    n, k, trials = 400, 20, 400
+    kept = np.zeros(n)
+    for seed in range(trials):
+        for value in offer(range(n), k=k, seed=seed).latencies:
+            kept[int(value)] += 1
+    share = kept / trials
+    early, late = share[: n // 10].mean(), share[-n // 10:].mean()
+    expect(early < 0.065, f"the first tenth of the latencies is kept {early:.3f} of the time and the last "
+                          f"{late:.3f}, where each should be kept with chance k/n = {k / n:.3f}: once the sample "
+                          "is full, the n-th latency must still get its chance k/n (keeping the first ones only "
+                          "describes the start of the second, not the second)")
+    expect(late < 0.065, f"the last tenth of the latencies is kept {late:.3f} of the time and the first "
+                         f"{early:.3f}, where each should be kept with chance k/n = {k / n:.3f}: a new latency "
+                         "replaces a kept one with chance k/n, not every time and not with a fixed chance "
+                         "(draw slot = randrange(n); replace only when slot < k)")
+    expect(0.035 < early and 0.035 < late, f"early {early:.3f}, late {late:.3f}: both should be near {k / n:.3f}")
+
+
+@wrong_answer("p3-monitor.4", diagnosis="keeping the first ones only")
+def reservoir_keeps_the_first(self, seconds):
+    """The first k latencies are kept and every later one dropped: the p95 of a second's first moments."""
+    self.timed += 1
+    if len(self.latencies) < self.sample_size:
+        self.latencies.append(seconds)
+
+
+@wrong_answer("p3-monitor.4", diagnosis="not every time")
+def reservoir_always_replaces(self, seconds):
+    """Once full, every new latency replaces a random kept one: the sample forgets all but the last moments."""
+    self.timed += 1
+    if len(self.latencies) < self.sample_size:
+        self.latencies.append(seconds)
+        return
+    self.latencies[self.rng.randrange(self.sample_size)] = seconds
+
+
+@wrong_answer("p3-monitor.4", diagnosis="not with a fixed chance")
+def reservoir_replaces_on_a_coin_flip(self, seconds):
+    """Once full, a new latency replaces a random kept one half of the time, however many came before."""
+    self.timed += 1
+    if len(self.latencies) < self.sample_size:
+        self.latencies.append(seconds)
+        return
+    if self.rng.random() < 0.5:
+        self.latencies[self.rng.randrange(self.sample_size)] = seconds

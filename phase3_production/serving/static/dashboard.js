@@ -95,6 +95,9 @@ async function poll() {
     const stats = await reply.json();
     $("service").textContent = `${stats.ready ? "Ready" : "NOT READY"}: model ${stats.model_version}, ` +
       `up ${Math.round(stats.uptime_s)} s.`;
+    if (stats.failure) {
+      $("service").textContent += ` Latency sampling failed: ${stats.failure.type}: ${stats.failure.message}`;
+    }
     showTiles(stats);
     showDrift(stats.drift);
     showCharts(stats);
