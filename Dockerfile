@@ -29,7 +29,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY phase3_production/__init__.py phase3_production/manifest.py phase3_production/
 COPY phase3_production/serving/ phase3_production/serving/
 COPY --chown=10001:10001 runs/p3-onnx/manifest.json runs/p3-onnx/model.onnx runs/p3-onnx/model.int8.onnx \
-     runs/p3-onnx/reference.json runs/p3-onnx/samples.json /models/p3-onnx/
+     runs/p3-onnx/reference.json runs/p3-onnx/samples.json runs/p3-onnx/model_card.json \
+     runs/p3-onnx/MODEL_CARD.md /models/p3-onnx/
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \

@@ -18,8 +18,9 @@ from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
 # Files that travel with the model, each listed as {"file", "sha256", "bytes"} and verified like it:
-# the drift reference statistics, and a few test images with their labels for the demo page.
-SIDE_FILES = ("reference", "samples")
+# the drift reference statistics, a few test images with their labels for the demo page, and the
+# model card (its figures as JSON, and the same card written out for people).
+SIDE_FILES = ("reference", "samples", "model_card", "model_card_markdown")
 
 
 def sha256_of(path: Path) -> str:

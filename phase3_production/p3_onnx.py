@@ -25,6 +25,7 @@ Run: ``make p3-onnx`` (after ``make p2-cnn``).  Writes ``runs/p3-onnx/``:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
                                           f"{environment['usable_cores']} cores, torch {environment['torch']}, "
                                           f"onnxruntime {environment['onnxruntime']}\n")
     plot_latencies(grid, run_dir / "latency.png")
+    manifest = write_model_card(run_dir, checkpoint, model, splits, scored, blob, accuracy, targets, environment,
+                                seed=args.seed)
+    card = json.loads((run_dir / "model_card.json").read_text())["evaluation"]
     print(f"\n  batch 1, one thread (medians of per-round ratios): ONNX Runtime fp32 "
           f"{targets['ort_fp32_vs_eager_mean']:.2f}x eager on the mean, {targets['ort_fp32_vs_eager_p95']:.2f}x on p95;"
           f" static INT8 {targets['int8_vs_fp32_mean']:.2f}x fp32; dynamic INT8 "
@@ -172,7 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  "int8_accuracy_loss_points": int8_loss_points,
                                  "int8_size_ratio": targets["int8_size_ratio"]},
                    benchmark={"rows": rows, "targets_batch1_one_thread": targets, "rounds": rounds,
-                              "ort_spinning": args.ort_spinning})
+                              "ort_spinning": args.ort_spinning},
+                   model_card={"file": "MODEL_CARD.md", "accuracy": card["accuracy"],
+                               "ece": card["calibration"]["ece"], "under_shift": card["under_shift"],
+                               "confused_pairs": card["confused_pairs"][:3]})
     # The committed benchmark comes from the default run of p2-cnn's model only; a named run is an experiment.
     canonical = not (args.run_name or args.checkpoint or args.ort_spinning or args.accuracy_images)
     if not args.quick and splits.dataset.real and canonical:
@@ -207,6 +214,81 @@ def write_drift_reference(run_dir: Path, splits, blob: dict, *, quick: bool, see
     return add_reference(run_dir / "manifest.json", run_dir / REFERENCE_NAME)
 
 
+def write_model_card(run_dir: Path, checkpoint: Path, model, splits, scored, blob: dict, accuracy: dict,
+                     targets: dict, environment: dict, *, seed: int) -> dict:
+    """``model_card.json`` and ``MODEL_CARD.md`` from figures measured here on the exported file
+    (``model_card.py``); both listed in the manifest with their sha256. Returns the manifest."""
+    import torch
+
+    from phase3_production import model_card
+    from phase3_production.serving.model import ServedModel
+
+    served = ServedModel.load(run_dir, intra_op_threads=usable_cores())   # the file the service will serve
+
+    def probabilities(images_uint8: np.ndarray) -> np.ndarray:
+        x = normalize(torch.from_numpy(images_uint8), blob["mean"], blob["std"]).numpy()
+        return np.concatenate([served.predict_probabilities(x[i:i + 500]) for i in range(0, len(x), 500)])
+
+    images, labels, classes = scored.images.numpy(), scored.labels.numpy(), list(splits.classes)
+    p = probabilities(images)
+    predicted = p.argmax(1)
+    upstream = checkpoint.parent / "metrics.json"
+    trained = json.loads(upstream.read_text()) if upstream.is_file() else {}
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    card = model_card.build_card(
+        model={"name": f"ML60 CIFAR-10 CNN, widths {'-'.join(map(str, blob['arch']['widths']))}",
+               "file": served.path.name, "version": served.version, "sha256": served.sha256,
+               "parameters": sum(t.numel() for t in model.state_dict().values() if t.is_floating_point()),
+               "exported_utc": manifest.get("created_utc"), "checkpoint": str(checkpoint)},
+        data={**splits.dataset.provenance(), "split": training_split(trained, splits, seed)},
+        training=training_facts(trained),
+        evaluation={"images": len(labels), "accuracy": float((predicted == labels).mean()),
+                    "int8_accuracy": accuracy.get("ort_int8"),
+                    "per_class": model_card.per_class(predicted, labels, classes),
+                    "confused_pairs": model_card.confused_pairs(predicted, labels, classes),
+                    "calibration": model_card.expected_calibration_error(p, labels),
+                    "under_shift": model_card.shifted_accuracy(lambda x: probabilities(x).argmax(1), images,
+                                                               labels, seed=seed)},
+        latency={"summary": f"ONNX Runtime fp32 {targets['ort_fp32_vs_eager_mean']:.2f}x PyTorch eager, static "
+                            f"INT8 {targets['int8_vs_fp32_mean']:.2f}x fp32 (medians of interleaved rounds)",
+                 "machine": f"{environment['cpu']}, {environment['usable_cores']} cores"})
+    json_path, markdown_path = model_card.write_card(run_dir, card)
+    e = card["evaluation"]
+    worst = min(e["per_class"], key=lambda name: e["per_class"][name]["recall"] or 0)
+    print(f"  model card: accuracy {100 * e['accuracy']:.2f}% on {e['images']:,} test images; lowest recall "
+          f"{worst} {100 * (e['per_class'][worst]['recall'] or 0):.1f}%; ECE {e['calibration']['ece']:.3f}; "
+          f"under shift " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in e["under_shift"].items())
+          + f" -> {markdown_path.name}, {json_path.name}")
+    add_side_file(run_dir / "manifest.json", "model_card", json_path)
+    return add_side_file(run_dir / "manifest.json", "model_card_markdown", markdown_path)
+
+
+def training_split(trained: dict, splits, seed: int) -> str:
+    """The images the model learned from, as its own p2-cnn run recorded them (else the split loaded here)."""
+    used = trained.get("data", {})
+    if "train_used" in used:
+        return (f"{used['train_used']:,} training / {used['val_used']:,} validation (model selection only) / "
+                f"{used.get('test_used', len(splits.test.labels)):,} test images, seed {trained.get('seed', seed)}")
+    return (f"{len(splits.train.labels):,} training / {len(splits.val.labels):,} validation / "
+            f"{len(splits.test.labels):,} test images, seed {seed} (the split loaded here; the training run "
+            "recorded none)")
+
+
+def training_facts(trained: dict) -> dict:
+    """The training run's recipe and figures, from its metrics.json, written for a person."""
+    facts = {}
+    if "recipe_name" in trained:
+        facts["recipe"] = trained["recipe_name"]
+    if "recipe" in trained:
+        facts["epochs"] = trained["recipe"].get("epochs")
+    if "training_minutes" in trained:
+        facts["training time"] = f"{trained['training_minutes']:.1f} minutes on {trained.get('device', '?')}"
+    for key in ("val_accuracy", "test_accuracy"):
+        if isinstance(trained.get(key), (int, float)):
+            facts[key.replace("_", " ")] = f"{100 * trained[key]:.2f}%"
+    return facts or {"recorded": "no metrics.json beside the checkpoint"}
+
+
 def write_demo_samples(run_dir: Path, splits) -> dict:
     """One test image per class for the demo page (``serving/samples.py``), listed in the manifest with a sha256."""
     from phase3_production.serving.samples import SAMPLES_NAME, write_samples
@@ -225,6 +307,9 @@ def check(metrics: dict) -> list[str]:
         problems.append("PyTorch and ONNX Runtime disagree on some classes")
     if len(metrics.get("manifest", {}).get("sha256", "")) != 64:
         problems.append("no sha256 in the manifest")
+    if "model_card" not in metrics:
+        problems.append("no model card in this run (exports since the model card was added write one: "
+                        "rerun make p3-onnx)")
     if "quantization" not in metrics or "benchmark" not in metrics:
         return problems + ["no INT8 quantization or benchmark in this run"]
     full = is_full_real_run(metrics)

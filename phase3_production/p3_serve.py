@@ -52,13 +52,17 @@ def serve_command() -> list[str]:
     return [sys.executable, *SERVE_COMMAND[1:]]
 
 
-def start_server(model_dir: Path, port: int, extra_env: dict | None = None, log_path: Path | None = None):
-    """Start the service as a child process, exactly as the container runs it, on loopback."""
+def start_server(model_dir: Path, port: int, extra_env: dict | None = None, log_path: Path | None = None,
+                 args: tuple[str, ...] = ()):
+    """Start the service as a child process, exactly as the container runs it, on loopback.
+
+    ``args`` are the container's arguments: ``("serve",)`` is how SageMaker starts it.
+    """
     env = {**os.environ, "MODEL_DIR": str(model_dir), "HOST": "127.0.0.1", "PORT": str(port),
            **(extra_env or {})}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     # bandit B603: serve_command() is this Python and the service module; no shell
-    return subprocess.Popen(serve_command(), env=env, stdout=out, stderr=subprocess.STDOUT,  # nosec B603
+    return subprocess.Popen([*serve_command(), *args], env=env, stdout=out, stderr=subprocess.STDOUT,  # nosec B603
                             cwd=Path(__file__).resolve().parent.parent)
 
 

@@ -82,6 +82,30 @@ def quick_p2_cnn_run(tmp_path_factory) -> Path:
     return runs / "p2-cnn" / "quick"
 
 
+@pytest.fixture(scope="session")
+def quick_p3_onnx_export(tmp_path_factory, quick_p2_cnn_run):
+    """One quick p3-onnx run for the session on a copy of the quick p2-cnn run: ``(runs folder, metrics)``.
+
+    p3-onnx's tests and the model card's read it; a test that changes a file copies the export first.
+    """
+    import shutil
+
+    from phase3_production import p3_onnx
+
+    runs = tmp_path_factory.mktemp("quick-p3-onnx")
+    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn" / "quick")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ML60_RUNS_DIR", str(runs))
+    mp.setenv("ML60_OFFLINE", "1")
+    mp.setenv("ML60_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ml60-cache"))   # the session's, as above
+    mp.delenv("DATA_DIR", raising=False)
+    try:
+        metrics = p3_onnx.main(["--quick"])
+    finally:
+        mp.undo()
+    return runs, metrics
+
+
 @pytest.fixture
 def with_quick_p2_cnn(quick_p2_cnn_run, tmp_path, monkeypatch) -> Path:
     """A runs folder of this test's own holding a copy of the session's quick p2-cnn run."""

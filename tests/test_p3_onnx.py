@@ -12,21 +12,10 @@ from phase3_production.onnx_export import sha256_of, verify_onnx
 pytestmark = getattr(pytest.mark, "p3-onnx")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, quick_p2_cnn_run):
-    import shutil
-
-    runs = tmp_path_factory.mktemp("runs")
-    shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn" / "quick")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ML60_RUNS_DIR", str(runs))
-    mp.setenv("ML60_OFFLINE", "1")
-    mp.setenv("ML60_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "ml60-cache"))   # the session's, as conftest sets
-    try:
-        metrics = p3_onnx.main(["--quick"])
-    finally:
-        mp.undo()
-    return runs, metrics
+@pytest.fixture
+def exported(quick_p3_onnx_export):
+    """The session's quick p3-onnx export (conftest.py): ``(runs folder, metrics)``; tests copy before changing."""
+    return quick_p3_onnx_export
 
 
 def test_export_passes_parity_and_its_check(exported):

@@ -211,3 +211,14 @@ def test_old_seconds_fall_off_and_quiet_seconds_read_zero():
     assert snapshot["window"]["p50_ms"] is None               # a 503 is counted, not timed
     assert snapshot["totals"] == {"2xx": 3, "503": 1}
     assert "/metrics" not in PREDICTION_ROUTES and "/v1/predict" in PREDICTION_ROUTES
+
+
+def test_a_body_refused_before_routing_is_counted_on_its_route(model_dir):
+    """A 413 is answered by the body limit before FastAPI routes the request: it is still /v1/predict's."""
+    with make_client(model_dir, max_body_bytes=1024, max_image_bytes=1024) as client:
+        reply = client.post("/v1/predict", content=b"x" * 5000, headers={"content-type": "image/png"})
+        assert reply.status_code == 413
+        metrics = client.get("/metrics").text
+        stats = client.get("/v1/stats").json()
+    assert 'ml60_requests_total{route="/v1/predict",status="413"} 1.0' in metrics
+    assert stats["window"]["4xx"] == 1 and stats["window"]["requests"] == 1

@@ -1,11 +1,13 @@
 """The container's command: ``python -m phase3_production.serving [serve]``.
 
-Reads ``HOST`` (default 0.0.0.0) and ``PORT`` (default 8000; SageMaker sets
-8080), builds the app with :func:`~phase3_production.serving.app.create_app`
+Reads ``HOST`` (default 0.0.0.0) and the port (``PORT``, default 8000; see
+:func:`~phase3_production.serving.cloud.listen_port` for SageMaker's and
+Vertex AI's), builds the app with :func:`~phase3_production.serving.app.create_app`
 and runs it under uvicorn with the limits that bound what one client can
 hold (:func:`server_options`).  SageMaker starts a container as
-``docker run IMAGE serve``; the optional ``serve`` argument is accepted and
-ignored, so the same image runs there, on Kubernetes and on a laptop.
+``docker run IMAGE serve``: the ``serve`` argument means "listen on 8080, as
+SageMaker expects", so the same image runs there, on Vertex AI, on Kubernetes
+and on a laptop (``serving/cloud.py`` has both providers' contracts).
 
 SIGTERM makes uvicorn stop accepting connections, finish the requests in
 flight (up to ``GRACEFUL_SHUTDOWN_S``, 20 s), then run the app's shutdown,
@@ -22,6 +24,7 @@ import sys
 
 import uvicorn
 
+from phase3_production.serving.cloud import listen_port
 from phase3_production.serving.config import Settings
 
 STARTUP_FAILURE = 3   # uvicorn's own exit status when the app does not start
@@ -73,13 +76,17 @@ def main(argv: list[str]) -> None:
                  "(MODEL_DIR, PORT, BATCHING, MAX_BATCH, ...; see phase3_production/serving/config.py)")
     try:
         settings = Settings.from_env()
+        port = listen_port(argv, os.environ)
     except ValueError as exc:          # settings that cannot work: say which, start nothing
         sys.exit(str(exc))
     from phase3_production.serving.app import create_app
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:          # routes that cannot work together (serving/cloud.py)
+        sys.exit(str(exc))
     # bandit B104: a container must listen on every interface; HOST narrows it
-    config = uvicorn.Config(app, host=os.environ.get("HOST", "0.0.0.0"), port=int(os.environ.get("PORT", "8000")),  # nosec B104
+    config = uvicorn.Config(app, host=os.environ.get("HOST", "0.0.0.0"), port=port,  # nosec B104
                             access_log=False, log_level=os.environ.get("LOG_LEVEL", "info"),
                             **server_options(settings))
     server = NotifyingServer(config, on_exit=app.state.service.stopping.set)

@@ -18,6 +18,7 @@ handlers that turn every failure into one JSON shape.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -38,7 +39,7 @@ from phase3_production.serving.limits import RequestLimits, ShutdownNotice
 from phase3_production.serving.metrics import ServiceMetrics
 from phase3_production.serving.model import ModelLoadError, ServedModel
 from phase3_production.serving.pages import pages
-from phase3_production.serving.routes import router
+from phase3_production.serving.routes import _ERRORS, readyz, router, vertex_predict
 from phase3_production.serving.samples import read_samples
 
 log = logging.getLogger("ml60.serve")
@@ -60,6 +61,8 @@ class ServiceState:
         self.drift_reported: int | None = None   # the check whose results /metrics shows
         self.outcomes: deque = deque(maxlen=settings.feedback_window)   # 1 correct, 0 wrong
         self.samples: list[dict] = []        # labelled test images for the demo page (GET /v1/samples)
+        self.card: dict | None = None        # the model card's figures (GET /v1/model), None without one
+        self.card_markdown: str | None = None  # the card for people (GET /v1/model/card)
         self.started = time.time()
 
     def remember(self, prediction_id: str, record: dict) -> None:
@@ -79,6 +82,7 @@ async def lifespan(app: FastAPI):
     metrics.model_info.labels(version=state.model.version, file=state.model.path.name).set(1)
     state.drift, state.drift_off_reason = start_drift_monitor(state.model, settings)
     state.samples = load_samples(state.model)
+    state.card, state.card_markdown = load_card(state.model)
     metrics.drift_monitor.labels(reason=state.drift_off_reason or "reference statistics loaded").set(
         int(state.drift is not None))
     state.decoder = DecodePool(settings.decode_threads, DecodeBudget(
@@ -117,6 +121,23 @@ def start_drift_monitor(model: ServedModel, settings: Settings) -> tuple[DriftMo
                              f"({type(exc).__name__}: {exc})") from exc
 
 
+def load_card(model: ServedModel) -> tuple[dict | None, str | None]:
+    """The model card written by p3-onnx (``model_card.py``), or ``(None, None)`` for an export without one."""
+    if model.card_path is None or model.card_markdown_path is None:
+        log.info("no model card: %s has no 'model_card' entry (export with `make p3-onnx` to write one)",
+                 model.path.parent / MANIFEST_NAME)
+        return None, None
+    try:
+        card = json.loads(model.card_path.read_text())
+        markdown = model.card_markdown_path.read_text(encoding="utf-8")
+    except (ValueError, UnicodeDecodeError) as exc:   # verified by sha256, yet not a card
+        raise ModelLoadError(f"refusing to serve: {model.card_path}: not a model card ({exc})") from exc
+    if not isinstance(card, dict) or card.get("format") != "ml60-model-card-v1":
+        raise ModelLoadError(f"refusing to serve: {model.card_path}: not an ML60 model card (no format "
+                             "'ml60-model-card-v1')")
+    return card, markdown
+
+
 def load_samples(model: ServedModel) -> list[dict]:
     """The demo page's sample images, or none when the export has no ``samples`` entry (said once in the log)."""
     if model.samples_path is None:
@@ -141,13 +162,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = ServiceState(settings, ServiceMetrics())
     app.include_router(router)
     app.include_router(pages)
+    if settings.vertex_routes:
+        add_vertex_routes(app, *settings.vertex_routes)
     install_error_handlers(app)
     # The request-id / body-limit / last-resort layer goes around the routes and their error handlers.
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s,
                        linger_s=settings.linger_s, linger_bytes=settings.linger_bytes,
                        stopping=app.state.service.stopping, metrics=app.state.service.metrics,
-                       known_paths=frozenset(getattr(r, "path", "") for r in app.routes))
+                       known_paths=route_paths(app.routes))
     return app
+
+
+def route_paths(routes) -> frozenset[str]:
+    """Every path the app answers, included routers too.
+
+    FastAPI 0.16x keeps an included router as one entry of ``app.routes``
+    (its routes stay in ``original_router.routes``); older versions copied
+    each route into ``app.routes``.  Reading both ways gives the same set on
+    either, which the body-limit layer needs to label a 413 sent before routing.
+    """
+    paths = set()
+    for route in routes:
+        if getattr(route, "path", None):
+            paths.add(route.path)
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            paths |= route_paths(included.routes)
+    return frozenset(paths)
+
+
+def add_vertex_routes(app: FastAPI, health: str, predict: str) -> None:
+    """Vertex AI's health and prediction routes, at the paths it named (``serving/cloud.py``)."""
+    taken = route_paths(app.routes) & {health, predict}
+    if taken:
+        raise ValueError(f"refusing to start: AIP_HEALTH_ROUTE / AIP_PREDICT_ROUTE {sorted(taken)} would hide "
+                         "a route the service already has")
+    app.add_api_route(health, readyz, methods=["GET"], summary="Vertex AI readiness (AIP_HEALTH_ROUTE)")
+    app.add_api_route(predict, vertex_predict, methods=["POST"], responses=_ERRORS,
+                      summary="Vertex AI prediction (AIP_PREDICT_ROUTE): instances in, predictions out")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from phase3_production.serving.cloud import vertex_routes
+
 MIB = 1024 * 1024
 
 
@@ -98,6 +100,8 @@ class Settings:
     keep_alive_s: float = 5.0               # an idle keep-alive connection is closed after this
     max_header_bytes: int = 16 * 1024       # headers still incomplete past this many bytes: 400
     graceful_shutdown_s: float = 20.0       # SIGTERM: finish the requests in flight for at most this
+    # Vertex AI names its health and prediction routes when the container starts (serving/cloud.py).
+    vertex_routes: tuple[str, str] | None = None
 
     def __post_init__(self):
         if isinstance(self.api_token, str):   # Settings(api_token="...") in tests and notebooks
@@ -140,6 +144,7 @@ class Settings:
             keep_alive_s=_env("KEEP_ALIVE_S", 5.0, float),
             max_header_bytes=_env("MAX_HEADER_BYTES", 16 * 1024, int),
             graceful_shutdown_s=_env("GRACEFUL_SHUTDOWN_S", 20.0, float),
+            vertex_routes=vertex_routes(os.environ),
         )
 
 

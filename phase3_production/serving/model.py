@@ -35,6 +35,8 @@ class ServedModel:
     session: object
     reference_path: Path | None = None     # drift reference statistics, verified like the model
     samples_path: Path | None = None       # a few labelled test images for the demo page, verified too
+    card_path: Path | None = None          # the model card's figures (model_card.json), verified too
+    card_markdown_path: Path | None = None  # the same card for people (MODEL_CARD.md)
 
     @property
     def version(self) -> str:
@@ -75,7 +77,8 @@ class ServedModel:
                                  f"{len(mean)} normalisation channels")
         return cls(path=path, sha256=entry["sha256"], classes=classes, input_shape=shape, mean=mean, std=std,
                    metadata=metadata, session=session, reference_path=side_files.get("reference"),
-                   samples_path=side_files.get("samples"))
+                   samples_path=side_files.get("samples"), card_path=side_files.get("model_card"),
+                   card_markdown_path=side_files.get("model_card_markdown"))
 
     def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities for a float32 batch already normalised, shape (N, C, H, W)."""

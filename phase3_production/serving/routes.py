@@ -10,14 +10,17 @@ route                           what it does
 ==============================  =================================================================
 ``POST /v1/predict``            one image: multipart field ``file``, or the raw bytes (``image/*``)
 ``POST /v1/predict/batch``      several images: multipart, repeated field ``files``
-``POST /invocations``           SageMaker's name for ``/v1/predict``
+``POST /invocations``           SageMaker's name for ``/v1/predict`` (JSON only: another Accept is a 406)
+``POST $AIP_PREDICT_ROUTE``     Vertex AI's: ``{"instances": [{"b64": ...}]}`` (added when Vertex names it)
 ``POST /v1/feedback``           the true label of an earlier prediction (needs the API token)
 ``GET /v1/drift``               the drift monitor's last comparison, or why it is off
-``GET /v1/model``               the served model: version, sha256, classes, preprocessing
+``GET /v1/model``               the served model: version, sha256, classes, preprocessing, its card's figures
+``GET /v1/model/card``          the model card, for people (Markdown)
 ``GET /v1/samples``             a few labelled test images for the demo page
 ``GET /v1/stats``               the last minutes second by second, drift and live accuracy (``/dashboard``)
 ``GET /healthz``                liveness: the process answers
 ``GET /readyz``, ``GET /ping``  readiness: the model is verified, loaded and accepting work
+``GET $AIP_HEALTH_ROUTE``       the same, where Vertex AI names the route
 ``GET /metrics``                Prometheus
 ==============================  =================================================================
 """
@@ -37,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phase3_production.serving import decoding
 from phase3_production.serving.auth import require_token
+from phase3_production.serving.cloud import InstanceError, vertex_instances
 from phase3_production.serving.errors import ApiError
 from phase3_production.serving.images import ImageRejected
 
@@ -99,10 +103,32 @@ async def predict_batch(request: Request):
     return {"predictions": await classify(request, images)}
 
 
-@router.post("/invocations", openapi_extra={"requestBody": _IMAGE_BODY}, responses=_ERRORS,
-             summary="SageMaker-compatible alias of /v1/predict")
+@router.post("/invocations", openapi_extra={"requestBody": _IMAGE_BODY}, responses={**_ERRORS, 406: {
+             "description": "the Accept header asks for something other than JSON"}},
+             summary="SageMaker's prediction route: the image bytes with their Content-Type, JSON back")
 async def invocations(request: Request):
+    """SageMaker passes the caller's ``ContentType`` and ``Accept`` through: the answer is JSON, so an
+    ``Accept`` that rules JSON out gets a 406 that says so, rather than JSON the caller cannot read."""
+    accept = request.headers.get("accept", "").lower()
+    if accept and not any(kind.split(";")[0].strip() in ("application/json", "application/*", "*/*")
+                          for kind in accept.split(",")):
+        raise ApiError(406, "not_acceptable", f"the answer is application/json; Accept: {accept} rules it out")
     return await predict(request)
+
+
+async def vertex_predict(request: Request):
+    """Vertex AI's prediction route (its path comes from ``AIP_PREDICT_ROUTE``, see ``serving/cloud.py``).
+
+    ``{"instances": [{"b64": "<base64 image>"}, ...]}`` in, ``{"predictions": [...]}`` out, one answer per
+    instance in order, each the answer ``/v1/predict`` gives; every image passes the same checks.
+    """
+    payload = await json_body(request)
+    try:
+        images = vertex_instances(payload, service(request).settings.max_batch_files)
+    except InstanceError as exc:
+        raise ApiError(400, "invalid_instances", str(exc)) from exc
+    decoded = [await decode(request, data) for data in images]   # one at a time: fair to others
+    return {"predictions": await classify(request, decoded)}
 
 
 async def one_image(request: Request) -> bytes:
@@ -270,12 +296,23 @@ async def prometheus_metrics(request: Request):
     return Response(metrics.render(), media_type=metrics.content_type)
 
 
-@router.get("/v1/model", summary="The served model: version, sha256, classes, preprocessing")
+@router.get("/v1/model", summary="The served model: version, sha256, classes, preprocessing, its model card")
 async def model_info(request: Request):
     state = service(request)
     if state.model is None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
-    return state.model.describe()
+    return {**state.model.describe(), "card": state.card,
+            "card_url": "/v1/model/card" if state.card_markdown else None}
+
+
+@router.get("/v1/model/card", summary="The model card (intended use, data, evaluation, weaknesses), as Markdown",
+            response_class=Response)
+async def model_card(request: Request):
+    state = service(request)
+    if state.card_markdown is None:
+        raise ApiError(404, "no_model_card", "this model was exported without a model card (`make p3-onnx` "
+                                             "writes one)")
+    return Response(state.card_markdown, media_type="text/markdown; charset=utf-8")
 
 
 @router.get("/v1/samples", summary="A few labelled test images that came with the model (the demo page's)")

@@ -89,6 +89,7 @@ async function showModel() {
     $("model-version").textContent = model.version;
     $("model-sha256").textContent = model.sha256;
     $("model-quantization").textContent = model.quantization;
+    $("model-card-link").hidden = !model.card_url;
   } catch (failure) {
     $("model-version").textContent = `unknown (${failure.message})`;
   }
