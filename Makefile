@@ -52,7 +52,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test system-tools progress compare under-the-hood exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
+.PHONY: help install quickstart test system-tools progress compare under-the-hood distill exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -124,6 +124,10 @@ phase1 phase2 phase3: $(STAMP)
 # Phase 2's "under the hood" lesson: LR range test, optimisers, warm-up, BatchNorm (about 10 minutes on 2 cores).
 under-the-hood: $(STAMP)
 	$(PY) -m phase2_depth.under_the_hood $(QUICK_FLAG) $(ARGS)
+
+# Phase 3's compression lesson beside INT8: the narrow CNN distilled from p2-cnn's model (after make p2-cnn).
+distill: $(STAMP)
+	$(PY) -m phase3_production.distill $(QUICK_FLAG) $(ARGS)
 
 # Benchmarks measure speed side by side and write benchmarks/results/<name>.json.
 bench-p1: $(STAMP)

@@ -248,6 +248,15 @@ class Trainer:
             self.write_outputs()
         return self.history
 
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch: cross-entropy with the labels.
+
+        A subclass changes what the model learns from by overriding this one
+        method: knowledge distillation (``phase3_production/distill.py``) adds
+        what a teacher model says about the same images ``x``.
+        """
+        return self.criterion(logits, y)
+
     def train_epoch(self, loader: Iterable, epoch: int) -> EpochRecord:
         """One pass over ``loader``. Loss and accuracy are summed on the device, read once."""
         cfg = self.config
@@ -265,7 +274,7 @@ class Trainer:
             x, y = self._to_device(x, y)
             with self._autocast():
                 logits = self.model(x)
-                loss = self.criterion(logits, y)
+                loss = self.loss(logits, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip is not None:

@@ -32,6 +32,7 @@ import numpy as np
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "MODEL_CARD.md"
 CALIBRATION_BINS = 15
+INT8_WARNING_POINTS = 1.0   # an INT8 model that loses more than this is named among the weaknesses
 
 
 def per_class(predicted: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, dict]:
@@ -137,6 +138,10 @@ def card_markdown(card: dict) -> str:
               "## Known weaknesses", "", "Most-confused pairs (true class taken for another):", ""]
     lines += [f"- {p['true']} answered as {p['answered']}: {p['images']} images "
               f"({percent(p['share_of_true_class'])} of the {p['true']} images)" for p in e["confused_pairs"]]
+    if e.get("int8_accuracy") is not None and e["accuracy"] - e["int8_accuracy"] > INT8_WARNING_POINTS / 100:
+        lines += [f"- static INT8 (`model.int8.onnx`) loses {100 * (e['accuracy'] - e['int8_accuracy']):.1f} points "
+                  "on the same test images: serve the fp32 model (`MODEL_FILE=model.onnx`, the default) until a "
+                  "calibration that keeps the accuracy is found"]
     shifts = e["under_shift"]
     lines += ["", "Accuracy under the shifts p3-monitor plays to the live service (same test images): "
               + ", ".join(f"{name} {percent(value)}" for name, value in shifts.items()) + ". The drift monitor "

@@ -126,3 +126,12 @@ def test_without_a_card_the_api_says_so(model_dir):
         assert info["card"] is None and info["card_url"] is None
         reply = client.get("/v1/model/card")
         assert reply.status_code == 404 and "make p3-onnx" in reply.json()["error"]["message"]
+
+
+def test_an_int8_model_that_loses_accuracy_is_named_among_the_weaknesses(quick_export):
+    folder, _ = quick_export
+    card = json.loads((folder / "model_card.json").read_text())
+    card["evaluation"].update(accuracy=0.8685, int8_accuracy=0.6546)
+    assert "static INT8 (`model.int8.onnx`) loses 21.4 points" in model_card.card_markdown(card)
+    card["evaluation"].update(int8_accuracy=0.8684)
+    assert "static INT8 (`model.int8.onnx`) loses" not in model_card.card_markdown(card)

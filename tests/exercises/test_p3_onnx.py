@@ -399,3 +399,148 @@ def summary_unsorted(samples_ms):
     values = list(samples_ms)
     return {"mean_ms": sum(values) / len(values), "p50_ms": _interpolate(values, 50),
             "p95_ms": _interpolate(values, 95), "p99_ms": _interpolate(values, 99)}
+
+
+# --------------------------------------------------------------------------- p3-onnx.5 the distillation loss
+
+
+def numpy_log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def hand_distillation(student, teacher, labels, temperature, alpha, smoothing=0.0, *, t_squared=True,
+                      reverse=False, soften_teacher=True, per_class_mean=False) -> float:
+    """The loss in NumPy, written out term by term; the keyword arguments make the common mistakes on purpose."""
+    log_q = numpy_log_softmax(student / temperature)
+    log_p = numpy_log_softmax(teacher / (temperature if soften_teacher else 1.0))
+    p, q = np.exp(log_p), np.exp(log_q)
+    terms = q * (log_q - log_p) if reverse else p * (log_p - log_q)
+    kl = terms.mean() if per_class_mean else terms.sum(1).mean()
+    soft = kl * (temperature ** 2 if t_squared else 1.0)
+    n, k = student.shape
+    target = np.full((n, k), smoothing / k)
+    target[np.arange(n), labels] += 1 - smoothing
+    hard = -(target * numpy_log_softmax(student)).sum(1).mean()
+    return float(alpha * soft + (1 - alpha) * hard)
+
+
+def distill_case(seed: int = 0, n: int = 8, k: int = 5):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0, 2, (n, k)).astype(np.float32), rng.normal(0, 3, (n, k)).astype(np.float32),
+            rng.integers(0, k, n))
+
+
+def our_distillation(student, teacher, labels, **kwargs) -> float:
+    from phase3_production import distill
+
+    value = distill.distillation_loss(torch.from_numpy(student), torch.from_numpy(teacher), torch.from_numpy(labels),
+                                      **kwargs)
+    expect(torch.is_tensor(value) and value.ndim == 0, "distillation_loss must return one number, a 0-d tensor "
+                                                       "the trainer can call backward() on")
+    return float(value)
+
+
+@exercise("p3-onnx.5")
+def test_distillation_loss_matches_the_formula_term_by_term():
+    student, teacher, labels = distill_case()
+    for temperature, alpha, smoothing in ((4.0, 0.9, 0.0), (2.0, 0.5, 0.1), (1.0, 0.7, 0.0)):
+        ours = our_distillation(student, teacher, labels, temperature=temperature, alpha=alpha,
+                                label_smoothing=smoothing)
+        expected = hand_distillation(student, teacher, labels, temperature, alpha, smoothing)
+        if abs(ours - expected) < 1e-4:
+            continue
+        mistakes = {"the soft term is not multiplied by T * T (its gradients shrink as 1 / T^2; scaling keeps the "
+                    "two terms balanced at any temperature)": dict(t_squared=False),
+                    "the KL divergence runs the wrong way: F.kl_div takes the student's log-probabilities first "
+                    "and the teacher's probabilities second": dict(reverse=True),
+                    "the teacher's probabilities must be softened too: divide the teacher's logits by T too":
+                        dict(soften_teacher=False),
+                    "the KL divergence is averaged over classes as well as images: use reduction=\"batchmean\" "
+                    "(the sum over classes, averaged over the batch)": dict(per_class_mean=True)}
+        found = [why for why, mistake in mistakes.items()
+                 if abs(ours - hand_distillation(student, teacher, labels, temperature, alpha, smoothing,
+                                                 **mistake)) < 1e-4]
+        expect(False, f"T = {temperature}, alpha = {alpha}, label smoothing {smoothing}: loss {ours:.5f}, expected "
+                      f"{expected:.5f}: " + (found[0] if found else
+                                             "alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy"))
+
+
+@exercise("p3-onnx.5")
+def test_distillation_loss_mixes_the_two_terms_by_alpha():
+    student, teacher, labels = distill_case(seed=1)
+    only_labels = our_distillation(student, teacher, labels, temperature=4.0, alpha=0.0, label_smoothing=0.1)
+    cross_entropy = float(torch.nn.functional.cross_entropy(torch.from_numpy(student), torch.from_numpy(labels),
+                                                            label_smoothing=0.1))
+    expect(abs(only_labels - cross_entropy) < 1e-5,
+           f"with alpha = 0 the loss is {only_labels:.5f}, but it should be plain cross-entropy with the labels "
+           f"({cross_entropy:.5f}), at temperature 1, with the label smoothing passed in")
+    same = our_distillation(teacher, teacher, labels, temperature=4.0, alpha=1.0)
+    expect(abs(same) < 1e-5, f"a student equal to its teacher has nothing left to learn from it, yet alpha = 1 "
+                             f"gives {same:.5f}: the soft term is a KL divergence, 0 when the distributions agree")
+
+
+@exercise("p3-onnx.5")
+def test_no_gradient_flows_into_the_teacher():
+    from phase3_production import distill
+
+    student, teacher, labels = distill_case(seed=2)
+    s = torch.from_numpy(student).requires_grad_(True)
+    t = torch.from_numpy(teacher).requires_grad_(True)
+    distill.distillation_loss(s, t, torch.from_numpy(labels), temperature=4.0, alpha=0.9).backward()
+    expect(s.grad is not None and float(s.grad.abs().sum()) > 0, "the student's logits got no gradient: the loss "
+                                                                  "must be computed from them")
+    expect(t.grad is None or float(t.grad.abs().sum()) == 0,
+           "a gradient reached the teacher's logits: they are targets, so no gradient may flow into the "
+           "teacher (detach them)")
+
+
+@wrong_answer("p3-onnx.5", diagnosis="multiplied by T * T")
+def distillation_without_t_squared(student_logits, teacher_logits, labels, *, temperature, alpha, label_smoothing=0.0):
+    """The softened term is left unscaled: at T = 4 it weighs 16 times too little against the labels."""
+    F = torch.nn.functional
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits.detach() / temperature, 1),
+                    reduction="batchmean")
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+
+
+@wrong_answer("p3-onnx.5", diagnosis="runs the wrong way")
+def distillation_kl_reversed(student_logits, teacher_logits, labels, *, temperature, alpha, label_smoothing=0.0):
+    """The teacher's log-probabilities and the student's probabilities: KL(student || teacher)."""
+    F = torch.nn.functional
+    soft = F.kl_div(F.log_softmax(teacher_logits.detach() / temperature, 1), F.softmax(student_logits / temperature, 1),
+                    reduction="batchmean") * temperature * temperature
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+
+
+@wrong_answer("p3-onnx.5", diagnosis="divide the teacher's logits by T too")
+def distillation_teacher_not_softened(student_logits, teacher_logits, labels, *, temperature, alpha,
+                                      label_smoothing=0.0):
+    """Only the student is softened; the teacher's sharp distribution hides its dark knowledge."""
+    F = torch.nn.functional
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits.detach(), 1),
+                    reduction="batchmean") * temperature * temperature
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+
+
+@wrong_answer("p3-onnx.5", diagnosis="batchmean")
+def distillation_mean_reduction(student_logits, teacher_logits, labels, *, temperature, alpha, label_smoothing=0.0):
+    """reduction="mean" divides by images x classes: the soft term is 10 times too small on CIFAR-10."""
+    import warnings
+
+    F = torch.nn.functional
+    with warnings.catch_warnings():   # PyTorch warns about this very mistake; the check must catch it without
+        warnings.simplefilter("ignore")
+        soft = F.kl_div(F.log_softmax(student_logits / temperature, 1),
+                        F.softmax(teacher_logits.detach() / temperature, 1), reduction="mean") * temperature * temperature
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+
+
+@wrong_answer("p3-onnx.5", diagnosis="no gradient may flow into the teacher")
+def distillation_teacher_not_detached(student_logits, teacher_logits, labels, *, temperature, alpha,
+                                      label_smoothing=0.0):
+    """The teacher's logits stay in the graph: backward() would train the teacher towards the student."""
+    F = torch.nn.functional
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean") * temperature * temperature
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
