@@ -146,10 +146,10 @@ def export_and_quantize(model, blob: dict, checkpoint: Path, folder: Path, calib
     return {"fp32": folder / "model.onnx", "int8": folder / "model.int8.onnx"}
 
 
-def score(session, x: np.ndarray, labels: np.ndarray) -> float:
+def session_runner(session):
+    """An ONNX Runtime session as the benchmark's runner: a batch in, the logits out."""
     name = session.get_inputs()[0].name
-    predicted = np.concatenate([session.run(None, {name: x[i:i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
-    return float((predicted == labels).mean())
+    return lambda batch: session.run(None, {name: batch})[0]
 
 
 def time_variants(sessions: dict, example: np.ndarray, *, rounds: int, repeats: int) -> dict[str, dict]:
@@ -164,9 +164,7 @@ def time_variants(sessions: dict, example: np.ndarray, *, rounds: int, repeats: 
     per_round = {key: [] for key in sessions}
     for _ in range(rounds):
         for key, session in sessions.items():
-            name = session.get_inputs()[0].name
-            times = time_engine_calls(lambda batch: session.run(None, {name: batch}), example, warmup=20,
-                                      repeats=repeats)
+            times = time_engine_calls(session_runner(session), example, warmup=20, repeats=repeats)
             per_round[key].append(1000 * float(np.median(times)))
     return {key: {"median_ms": float(np.median(ms)), "rounds_ms": [round(m, 4) for m in ms]}
             for key, ms in per_round.items()}
@@ -235,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    device=device, run_dir=run_dir, name="student_distilled")}
 
     print("\n-- 2. Each model exported to ONNX and to static INT8, scored on the test set, timed at batch 1 --")
+    from phase3_production.inference_benchmark import accuracy as engine_accuracy
     from phase3_production.runtime import onnx_session
 
     calibration = normalize(splits.train.subset(min(512, len(splits.train.labels)), seed=args.seed).images,
@@ -253,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"model": key, "precision": precision, "file": str(path.relative_to(run_dir)),
                          "file_bytes": path.stat().st_size, "parameters": parameter_count(model),
                          "multiply_adds": multiply_adds(model),
-                         "test_accuracy": score(onnx_session(path, usable_cores()), x_test, labels)})
+                         "test_accuracy": engine_accuracy(session_runner(onnx_session(path, usable_cores())),
+                                                          x_test, labels)})
     rounds = args.rounds or (1 if args.quick else 5)
     timed = time_variants(sessions, x_test[:1], rounds=rounds, repeats=50 if args.quick else 300)
     base = timed[("teacher", "fp32")]["median_ms"]

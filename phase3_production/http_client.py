@@ -76,14 +76,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_ready(port: int, timeout_s: float = 60.0, process=None) -> float:
-    """Poll ``/readyz`` until it answers 200; return the seconds waited. Fails if the server process exits."""
+def wait_until_ready(port: int, timeout_s: float = 60.0, process=None, path: str = "/readyz") -> float:
+    """Poll ``path`` (readiness: ``/readyz``, or a platform's own health route) until it answers 200; return
+    the seconds waited. Fails if the server process exits."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout_s:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the server exited with code {process.returncode} before it was ready")
         try:
-            if request(port, "GET", "/readyz", timeout=2).status == 200:
+            if request(port, "GET", path, timeout=2).status == 200:
                 return time.perf_counter() - start
         except OSError:
             pass

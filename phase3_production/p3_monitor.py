@@ -199,13 +199,10 @@ def plot(timeline: list[dict], plan, alpha: float, n_tests: int, path: Path) -> 
 
 def dashboard_screenshot(port: int, run_dir: Path) -> str | None:
     """``dashboard.png``: the live view at the end of the day's traffic, when a headless Chromium is installed."""
-    from phase3_production.screenshots import screenshot
+    from phase3_production.screenshots import take_pages
 
-    try:
-        return screenshot(f"http://127.0.0.1:{port}/dashboard", run_dir / "dashboard.png", height=1400).name
-    except (FileNotFoundError, RuntimeError, OSError) as exc:
-        print(f"  no dashboard screenshot: {exc}")
-        return None
+    taken = take_pages({"dashboard.png": (f"http://127.0.0.1:{port}/dashboard", 1400)}, run_dir)["files"]
+    return taken[0] if taken else None
 
 
 def main(argv: list[str] | None = None) -> dict:

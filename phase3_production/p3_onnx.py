@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
                                           f"{environment['usable_cores']} cores, torch {environment['torch']}, "
                                           f"onnxruntime {environment['onnxruntime']}\n")
     plot_latencies(grid, run_dir / "latency.png")
-    manifest = write_model_card(run_dir, checkpoint, model, splits, scored, blob, accuracy, targets, environment,
-                                seed=args.seed)
-    card = json.loads((run_dir / "model_card.json").read_text())["evaluation"]
+    manifest, card = write_model_card(run_dir, checkpoint, model, splits, scored, blob, accuracy, targets,
+                                      environment, seed=args.seed)
+    card = card["evaluation"]
     print(f"\n  batch 1, one thread (medians of per-round ratios): ONNX Runtime fp32 "
           f"{targets['ort_fp32_vs_eager_mean']:.2f}x eager on the mean, {targets['ort_fp32_vs_eager_p95']:.2f}x on p95;"
           f" static INT8 {targets['int8_vs_fp32_mean']:.2f}x fp32; dynamic INT8 "
@@ -217,7 +217,7 @@ def write_drift_reference(run_dir: Path, splits, blob: dict, *, quick: bool, see
 def write_model_card(run_dir: Path, checkpoint: Path, model, splits, scored, blob: dict, accuracy: dict,
                      targets: dict, environment: dict, *, seed: int) -> dict:
     """``model_card.json`` and ``MODEL_CARD.md`` from figures measured here on the exported file
-    (``model_card.py``); both listed in the manifest with their sha256. Returns the manifest."""
+    (``model_card.py``); both listed in the manifest with their sha256. Returns (the manifest, the card)."""
     import torch
 
     from phase3_production import model_card
@@ -260,7 +260,7 @@ def write_model_card(run_dir: Path, checkpoint: Path, model, splits, scored, blo
           f"under shift " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in e["under_shift"].items())
           + f" -> {markdown_path.name}, {json_path.name}")
     add_side_file(run_dir / "manifest.json", "model_card", json_path)
-    return add_side_file(run_dir / "manifest.json", "model_card_markdown", markdown_path)
+    return add_side_file(run_dir / "manifest.json", "model_card_markdown", markdown_path), card
 
 
 def training_split(trained: dict, splits, seed: int) -> str:

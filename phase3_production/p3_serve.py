@@ -272,19 +272,10 @@ def main(argv: list[str] | None = None) -> dict | None:
 def page_screenshots(port: int, run_dir: Path) -> dict:
     """``demo.png`` (the page answering its fourth sample) and ``dashboard.png`` (after this run's traffic),
     taken by a headless Chromium when there is one: ``{"files": [...]}`` or ``{"skipped": why}``."""
-    from phase3_production.screenshots import screenshot
+    from phase3_production.screenshots import take_pages
 
-    pages = {"demo.png": (f"http://127.0.0.1:{port}/#sample=3", 900),
-             "dashboard.png": (f"http://127.0.0.1:{port}/dashboard", 1400)}
-    taken = []
-    try:
-        for name, (url, height) in pages.items():
-            taken.append(screenshot(url, run_dir / name, height=height).name)
-            print(f"  {name}: {url}")
-    except (FileNotFoundError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        print(f"  no screenshots: {exc}")
-        return {"files": taken, "skipped": str(exc)}
-    return {"files": taken}
+    return take_pages({"demo.png": (f"http://127.0.0.1:{port}/#sample=3", 900),
+                       "dashboard.png": (f"http://127.0.0.1:{port}/dashboard", 1400)}, run_dir)
 
 
 def serve_forever(model_dir: Path, port: int) -> None:

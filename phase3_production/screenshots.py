@@ -4,8 +4,8 @@
 scripts run for a while of *virtual* time (``--virtual-time-budget``: the
 browser fast-forwards timers and waits for the network, so a page that fetches
 and draws is finished in the picture), and writes a PNG.  No driver, no
-Python package: the browser alone.  p3-serve's self-test uses it to leave
-``demo.png`` and ``dashboard.png`` in its run folder; the browser tests
+Python package: the browser alone.  p3-serve's self-test uses it (:func:`take_pages`) to leave
+``demo.png`` and ``dashboard.png`` in its run folder, p3-monitor its ``dashboard.png``; the browser tests
 (``tests/test_p3_browser.py``) drive the same pages through Selenium.
 
 Without a Chromium on the PATH nothing is taken and the caller says so.
@@ -42,3 +42,17 @@ def screenshot(url: str, path: Path, *, width: int = 1100, height: int = 900, wa
         raise RuntimeError(f"{Path(browser).name} could not take {path.name} (exit {done.returncode}): "
                            f"{done.stderr.strip()[-500:]}")
     return path
+
+
+def take_pages(pages: dict[str, tuple[str, int]], folder: Path) -> dict:
+    """Photograph each ``{file name: (url, height)}`` into ``folder``: ``{"files": [...]}``, and ``"skipped"``
+    with the reason when there is no Chromium or it fails (a run goes on without its pictures, and says so)."""
+    taken = []
+    try:
+        for name, (url, height) in pages.items():
+            taken.append(screenshot(url, Path(folder) / name, height=height).name)
+            print(f"  {name}: {url}")
+    except (FileNotFoundError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"  no screenshots: {exc}")
+        return {"files": taken, "skipped": str(exc)}
+    return {"files": taken}

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -147,19 +146,6 @@ def test_serve_listens_on_8080_without_being_told(model_dir, tmp_path):
         stop_server(process)
 
 
-def wait_for_route(port: int, path: str, process, timeout_s: float = 60) -> None:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout_s:
-        assert process.poll() is None, "the server exited before its health route answered"
-        try:
-            if request(port, "GET", path, timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{path} never answered 200")
-
-
 def test_vertex_contract_health_and_predict_routes(model_dir, tmp_path):
     """Vertex AI's variables in, its routes answered; instances of base64 images in, predictions out, in order."""
     port = free_port()
@@ -167,7 +153,7 @@ def test_vertex_contract_health_and_predict_routes(model_dir, tmp_path):
            "AIP_MODE": "PREDICTION", "AIP_DEPLOYED_MODEL_ID": "77"}
     process = start_server(model_dir, free_port(), env, tmp_path / "server.log")
     try:
-        wait_for_route(port, HEALTH, process)
+        wait_until_ready(port, process=process, path=HEALTH)   # Vertex AI's own health route
         images = [image_bytes(20, "PNG"), image_bytes(21, "JPEG"), image_bytes(22, "PNG")]
         body = {"instances": [{"b64": base64.b64encode(images[0]).decode()},
                               {"image": {"b64": base64.b64encode(images[1]).decode()}},

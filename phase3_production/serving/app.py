@@ -65,6 +65,10 @@ class ServiceState:
         self.card_markdown: str | None = None  # the card for people (GET /v1/model/card)
         self.started = time.time()
 
+    def live_accuracy(self) -> float | None:
+        """The share of correct answers among the last ``feedback_window`` labelled ones; None before any label."""
+        return sum(self.outcomes) / len(self.outcomes) if self.outcomes else None
+
     def remember(self, prediction_id: str, record: dict) -> None:
         self.recent[prediction_id] = record
         while len(self.recent) > self.settings.recent_predictions:

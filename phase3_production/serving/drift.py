@@ -172,6 +172,21 @@ class DriftMonitor:
                 "last_check": self.last or None, "reference": self.reference.get("source"),
                 "failure": self.failure}
 
+    def dashboard(self) -> dict:
+        """What ``/dashboard`` draws: the alarm, the last check's p-value and PSI per test, every kept check."""
+        last = self.last or {}
+        tests = last.get("features", {})
+        p_values = {name: test["p_value"] for name, test in tests.items()}
+        if last:
+            p_values["class_mix"] = last["class_mix"]["p_value"]
+        return {"enabled": True, "alarm": self.alarm, "requests_seen": self.seen, "window": self.window,
+                "alpha": self.alpha, "reasons": last.get("reasons", []), "p_values": p_values,
+                "psi": {name: test["psi"] for name, test in tests.items()},
+                "threshold": last.get("ks_threshold_bonferroni"),
+                "history": [{"request": r, "min_ks_p": ks, "class_mix_p": chi, "alarm": alarm}
+                            for r, ks, chi, alarm in self.history],
+                "failure": self.failure}
+
     def reset(self) -> None:
         self.rows.clear()
         self.classes.clear()

@@ -11,7 +11,7 @@ samples, ``blob:`` for the preview of a dropped file), no framing by other
 sites.  A page that tried to load a script from a CDN would be blocked by the
 browser, and the browser tests would see it.
 
-Only the files named in :data:`STATIC_TYPES` are served, read once at start:
+Only the files named in :data:`STATIC_TYPES` are served, each read once, when first asked for:
 ``/static/{name}`` is a lookup in a dictionary, never a path on disk, so no
 name can reach outside the folder.
 """

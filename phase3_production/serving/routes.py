@@ -240,7 +240,7 @@ async def feedback(request: Request):
     record["label"] = label
     correct = int(label == record["class_index"])
     state.outcomes.append(correct)
-    live = sum(state.outcomes) / len(state.outcomes)
+    live = state.live_accuracy()
     state.metrics.observe_feedback(bool(correct), live)
     return {"correct": bool(correct), "live_accuracy": live, "labelled": len(state.outcomes)}
 
@@ -264,9 +264,12 @@ async def json_body(request: Request):
 @router.get("/v1/drift", summary="Drift monitor: the last comparison of recent traffic with the reference")
 async def drift_state(request: Request):
     state = service(request)
-    if state.drift is None:
-        return {"enabled": False, "reason": state.drift_off_reason or "the model is not loaded yet"}
-    return state.drift.state()
+    return drift_off(state) if state.drift is None else state.drift.state()
+
+
+def drift_off(state) -> dict:
+    """What ``/v1/drift`` and ``/v1/stats`` say while there is no drift monitor, and why."""
+    return {"enabled": False, "reason": state.drift_off_reason or "the model is not loaded yet"}
 
 
 # --------------------------------------------------------------------------- health, metrics, metadata
@@ -332,21 +335,8 @@ async def stats(request: Request):
     sorts latencies, runs in a worker thread under its own lock.
     """
     state = service(request)
-    drift = {"enabled": False, "reason": state.drift_off_reason or "the model is not loaded yet"}
-    if state.drift is not None:
-        last = state.drift.last or {}
-        drift = {"enabled": True, "alarm": state.drift.alarm, "requests_seen": state.drift.seen,
-                 "window": state.drift.window, "alpha": state.drift.alpha, "reasons": last.get("reasons", []),
-                 "p_values": {name: test["p_value"] for name, test in last.get("features", {}).items()}
-                 | ({"class_mix": last["class_mix"]["p_value"]} if last else {}),
-                 "psi": {name: test["psi"] for name, test in last.get("features", {}).items()},
-                 "threshold": last.get("ks_threshold_bonferroni"),
-                 "history": [{"request": r, "min_ks_p": ks, "class_mix_p": chi, "alarm": alarm}
-                             for r, ks, chi, alarm in state.drift.history],
-                 "failure": state.drift.failure}
-    labelled = len(state.outcomes)
-    accuracy = {"labelled": labelled, "window": state.outcomes.maxlen,
-                "value": sum(state.outcomes) / labelled if labelled else None}
+    drift = drift_off(state) if state.drift is None else state.drift.dashboard()
+    accuracy = {"labelled": len(state.outcomes), "window": state.outcomes.maxlen, "value": state.live_accuracy()}
     traffic = await run_in_threadpool(state.metrics.live.snapshot)
     return {"ready": state.ready, "model_version": state.model.version if state.model else None,
             "uptime_s": round(time.time() - state.started, 1), **traffic, "drift": drift, "live_accuracy": accuracy}
