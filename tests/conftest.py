@@ -19,6 +19,34 @@ def _isolated_environment(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("DATA_DIR", raising=False)
 
 
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-thread")
+def torch_threads(request):
+    """Run a test once per torch thread count.
+
+    A multi-threaded kernel splits its sums across threads, and float
+    addition is not associative, so a figure built from reductions can move
+    with the thread count.  Tests whose verdict must not depend on the
+    machine take this fixture and are run at one thread and at two.
+    """
+    from common.benchmark import torch_threads as threads
+
+    with threads(request.param):
+        yield request.param
+
+
+def pytest_configure(config):
+    """``OMP_NUM_THREADS=4 make test`` means four torch threads, even on two cores.
+
+    OpenMP caps its default at the core count, so the variable alone would
+    leave torch at two; auditing tolerances at four threads needs four.
+    """
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    if wanted.isdigit() and int(wanted) > 0:
+        import torch
+
+        torch.set_num_threads(int(wanted))
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The folder ``ML60_DATA_DIR`` points at (``make test DATA_DIR=...``, and CI).
