@@ -2,6 +2,7 @@
 #
 #   make quickstart            install into .venv, run every built milestone in quick mode
 #   make test                  install into .venv, run the pytest checks
+#   make test-fast             the unit tests and exercise checks only (no training runs)
 #   make p1-numpy QUICK=1      one milestone (QUICK=1: seconds on tiny data)
 #   make p2-cnn DEVICE=cuda    on a GPU (auto = cuda, then mps, then cpu)
 #   make p1-train DATA_DIR=/datasets   where the datasets live (default ./data)
@@ -52,7 +53,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test system-tools progress compare under-the-hood distill exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
+.PHONY: help install quickstart test test-fast system-tools progress compare under-the-hood distill exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -79,8 +80,17 @@ install: $(STAMP)
 quickstart: $(DEPLOY_STAMP)
 	$(PY) -m ml60 quickstart
 
+# Two worker processes share the cores, whole test files each (tests/conftest.py gives every worker its
+# share of threads and hands out the longest files first); TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+TEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(TEST_STAMP) $(if $(REAL_TOOLS),system-tools)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(TEST_PARALLEL) $(PYTEST_ARGS)
+
+# For a learner who changed shared code: the unit tests and every exercise check, no training run.
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest $(TEST_PARALLEL) -m "not slow and not real_data" $(PYTEST_ARGS)
 
 # The browser and Prometheus, from Debian (apt-get needs root; otherwise it says what to run).
 system-tools:

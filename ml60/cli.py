@@ -46,6 +46,7 @@ def cmd_help() -> int:
     print("\nSet-up and checks:")
     for target, text in (("make quickstart", "install, then run every built milestone in quick mode"),
                          ("make test", "install, then run the pytest checks"),
+                         ("make test-fast", "the unit tests and exercise checks only, no training runs"),
                          ("make progress", "which milestones have a run, and whether its check passes"),
                          ("make phase1|2|3", "run every built milestone of a phase"),
                          ("make bench", "speed benchmarks (see benchmarks/): bench-p1, bench-p2"),

@@ -32,7 +32,7 @@ import numpy as np
 
 from common.augment import normalize
 from common.benchmark import environment_stamp, save_result, usable_cores
-from common.runs import describe_run, upstream_run, write_json
+from common.runs import describe_run, finished, read_metrics, run_path, write_json
 from common.script import finish_run, is_full_real_run, milestone_parser, speed_figure, start_run
 from phase2_depth.data import add_dataset_argument, cifar_splits
 from phase2_depth.p2_cnn import load_model, require_same_classes
@@ -58,6 +58,48 @@ QUICK_INT8_ACCURACY_LOSS_POINTS = 5.0
 REFERENCE_MACHINE = {"ort_fp32_vs_eager_mean": 2.37, "ort_fp32_vs_eager_p95": 2.39, "int8_vs_fp32_mean": 2.73}
 
 
+def p2_cnn_model(*, quick: bool) -> Path:
+    """The p2-cnn model this run exports; without one, stop with the command to run first.
+
+    A full run exports the full p2-cnn model only: its figures go in the
+    README, and a quick model would put a minutes-long training's accuracy
+    there.  A quick run takes the full model when there is one (a learner who
+    trained for half an hour wants that one exported), else the quick one.
+    """
+    full, quick_run = run_path("p2-cnn"), run_path("p2-cnn", quick=True)
+    if finished(full):
+        return full / "model.pt"
+    if quick and finished(quick_run):
+        return quick_run / "model.pt"
+    if quick:
+        raise SystemExit(f"p3-onnx needs a trained p2-cnn model, and {full}/ and {quick_run}/ hold no finished run: "
+                         "run `make p2-cnn QUICK=1` first (about a minute), then `make p3-onnx QUICK=1`")
+    found = f"only a quick run ({quick_run}/)" if finished(quick_run) else "no finished run"
+    raise SystemExit(f"p3-onnx exports the full p2-cnn model, and {full}/ holds {found}: run `make p2-cnn` first "
+                     "(about 33 minutes on 2 cores), or `make p3-onnx QUICK=1` to export the quick model")
+
+
+def require_model_fits_data(checkpoint: Path, blob: dict, classes: list[str], *, quick: bool) -> None:
+    """The model's classes are the data's, or one line that says which data the model wants.
+
+    The usual way to get here: ``make p2-cnn QUICK=1 DATA_DIR=...`` trained
+    on real CIFAR-10, then ``make p3-onnx QUICK=1`` without ``DATA_DIR``
+    loaded the offline stand-in (or the other way round).
+    """
+    try:
+        require_same_classes(checkpoint, blob, classes)
+    except ValueError:
+        trained = read_metrics(checkpoint.parent).get("data", {}) if (checkpoint.parent / "metrics.json").is_file() else {}
+        where = f" ({trained['source']})" if trained.get("source") else ""
+        flag = " QUICK=1" if quick else ""
+        if trained.get("real_data", True):
+            data, advice = "real data", f"run `make p3-onnx{flag} DATA_DIR=<the folder it was read from>`"
+        else:
+            data, advice = "the offline stand-in data", f"run `make p3-onnx{flag}` without DATA_DIR, as it was trained"
+        raise SystemExit(f"{checkpoint} was trained on {data}{where}, classes {list(blob['classes'])[:3]}..., but this "
+                         f"run loaded classes {list(classes)[:3]}...: {advice}, or train p2-cnn again on this data") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = milestone_parser(MILESTONE, __doc__)
     parser.add_argument("--checkpoint", default=None, help="p2-cnn model file (default: the full p2-cnn run's model.pt, else the quick run's)")
@@ -68,19 +110,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="let ONNX Runtime's threads busy-wait between calls (its default; off here)")
     add_dataset_argument(parser)
     args = parser.parse_args(argv)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else p2_cnn_model(quick=args.quick)
     run_dir = start_run(MILESTONE, args)
     print(__doc__.split("\n\n")[0])
-
-    if args.checkpoint:
-        checkpoint = Path(args.checkpoint)
-    else:
-        checkpoint = upstream_run("p2-cnn") / "model.pt"
-        print(f"  the model: {describe_run(checkpoint.parent)}")
+    print(f"  the model: {describe_run(checkpoint.parent)}")
     model, blob = load_model(checkpoint)
     # The data first: a model that does not fit it must fail before a previous good export is overwritten.
     splits = cifar_splits(data_dir=args.data_dir, quick=args.quick, seed=args.seed, dataset=args.dataset,
                           subset=(1000, 500, PARITY_IMAGES) if args.quick else None)
-    require_same_classes(checkpoint, blob, splits.classes)
+    require_model_fits_data(checkpoint, blob, splits.classes, quick=args.quick)
     print(f"\n-- 1. Export {checkpoint} (widths {blob['arch']['widths']}) to ONNX, opset 18, dynamic batch --")
     manifest = export_onnx(model, blob, checkpoint, run_dir)
     verify_onnx(run_dir / "model.onnx")

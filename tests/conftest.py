@@ -35,11 +35,21 @@ def torch_threads(request):
 
 
 def pytest_configure(config):
-    """``OMP_NUM_THREADS=4 make test`` means four torch threads, even on two cores.
+    """Threads per test process: an explicit ``OMP_NUM_THREADS``, else the cores shared among the workers.
 
-    OpenMP caps its default at the core count, so the variable alone would
-    leave torch at two; auditing tolerances at four threads needs four.
+    ``OMP_NUM_THREADS=4 make test`` means four torch threads, even on two
+    cores: OpenMP caps its default at the core count, so the variable alone
+    would leave torch at two, and auditing tolerances at four threads needs
+    four.  Unset, and with ``pytest -n 2`` (what ``make test`` runs), each
+    worker, and every process it starts, gets its share of the cores: two
+    workers each running two-thread kernels on two cores would spend their
+    time waiting for each other.
     """
+    from common.benchmark import usable_cores
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if "OMP_NUM_THREADS" not in os.environ and workers > 1:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // workers))
     wanted = os.environ.get("OMP_NUM_THREADS", "")
     if wanted.isdigit() and int(wanted) > 0:
         import torch
@@ -84,12 +94,27 @@ def mnist_folder(tmp_path) -> Path:
     return tmp_path
 
 
+# The longest files, longest first, from `make test`'s --durations (2-core CPU): 290 s, 200 s, 100 s, then about 50 s.
+LONGEST_FILES = tuple(f"tests/{name}.py" for name in (
+    "test_exercise_stubs", "test_p1_train_refactor", "test_p2_cnn", "test_p2_eval_search", "test_bench_p2",
+    "test_p2_data", "test_distill", "test_p3_load"))
+
+
 def pytest_collection_modifyitems(items):
-    """Let ``-m p1_numpy`` select what ``-m p1-numpy`` selects (both spellings are registered)."""
+    """Marker spellings, and the longest files first.
+
+    ``-m p1_numpy`` selects what ``-m p1-numpy`` selects (both spellings are
+    registered).  ``make test`` spreads whole files over two workers in the
+    order they are collected; a long file picked up last would leave one
+    worker idle while the other finishes it, so the longest go first (each
+    file keeps its own order).
+    """
     for item in items:
         for mark in list(item.iter_markers()):
             if mark.name.startswith(("p1-", "p2-", "p3-")):
                 item.add_marker(mark.name.replace("-", "_"))
+    rank = {name: position for position, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 @pytest.fixture(scope="session")

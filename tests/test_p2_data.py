@@ -53,13 +53,19 @@ def test_check_catches_a_leaky_or_unbalanced_split():
 
 
 @pytest.mark.real_data
-def test_real_cifar10_split_and_statistics(real_data_dir, tmp_path):
+def test_real_cifar10_split_and_statistics(real_data_dir, tmp_path, monkeypatch):
     splits = cifar_splits(data_dir=real_data_dir, announce=lambda m: None)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (45_000, 5_000, 10_000)
     assert splits.dataset.real and splits.classes[0] == "airplane"
     assert splits.val.class_counts(10) == [500] * 10
-    metrics = p2_data.main(["--run-dir", str(tmp_path), "--data-dir", str(real_data_dir)])
+    monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
+    metrics = p2_data.main(["--data-dir", str(real_data_dir)])       # the full run, where `make p2-data` writes it
     assert p2_data.check(metrics) == []
+    from ml60 import cli
+    from ml60.milestones import by_id
+
+    shown = cli.read_metrics(by_id("p2-data"))                      # what `make progress` reads
+    assert shown is not None and shown["quick"] is False and shown["finished_utc"] == metrics["finished_utc"]
 
 
 def test_official_python_batches_and_image_folders_feed_the_same_split(tmp_path):

@@ -171,9 +171,43 @@ def test_a_model_for_other_classes_fails_before_overwriting_the_previous_export(
     blob = torch.load(runs / "p2-cnn" / "quick" / "model.pt", weights_only=True)
     blob["classes"] = [f"other-{i}" for i in range(len(blob["classes"]))]
     torch.save(blob, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="was trained on classes"):
+    with pytest.raises(SystemExit, match=r"other\.pt was trained on .*classes \['other-0'.*run `make p3-onnx QUICK=1"):
         p3_onnx.main(["--quick", "--checkpoint", str(tmp_path / "other.pt"), "--run-dir", str(tmp_path / "export")])
     assert (tmp_path / "export" / "model.onnx").read_bytes() == before
+
+
+def test_a_model_trained_on_other_data_is_refused_in_one_line_that_names_the_command(with_quick_p2_cnn, tmp_path):
+    """The quick model was trained on the stand-in; a run that loads other classes says how to match them."""
+    import torch
+
+    blob = torch.load(with_quick_p2_cnn / "p2-cnn" / "quick" / "model.pt", weights_only=True)
+    with pytest.raises(SystemExit) as stop:
+        p3_onnx.require_model_fits_data(with_quick_p2_cnn / "p2-cnn" / "quick" / "model.pt", blob,
+                                        [f"other-{i}" for i in range(10)], quick=True)
+    message = str(stop.value)
+    assert "\n" not in message and "stand-in" in message and "`make p3-onnx QUICK=1` without DATA_DIR" in message
+    p3_onnx.require_model_fits_data(with_quick_p2_cnn / "p2-cnn" / "quick" / "model.pt", blob,
+                                    list(blob["classes"]), quick=True)   # the same classes: no complaint
+
+
+@pytest.mark.parametrize("present", ["nothing", "a quick run"])
+def test_a_full_export_without_a_full_p2_cnn_model_names_the_command_to_run_first(present, tmp_path, monkeypatch,
+                                                                                  quick_p2_cnn_run):
+    import shutil
+
+    runs = tmp_path / "runs"
+    if present == "a quick run":
+        shutil.copytree(quick_p2_cnn_run, runs / "p2-cnn" / "quick")
+    monkeypatch.setenv("ML60_RUNS_DIR", str(runs))
+    with pytest.raises(SystemExit, match="run `make p2-cnn` first") as stop:
+        p3_onnx.main([])
+    assert ("only a quick run" in str(stop.value)) == (present == "a quick run")
+    assert not (runs / "p3-onnx").exists(), "the refused run left a folder behind"
+    if present == "nothing":
+        with pytest.raises(SystemExit, match=r"run `make p2-cnn QUICK=1` first"):
+            p3_onnx.main(["--quick"])
+    else:
+        assert p3_onnx.p2_cnn_model(quick=True) == runs / "p2-cnn" / "quick" / "model.pt"
 
 
 def test_parity_reports_a_pytorch_model_that_differs_from_the_onnx_file(model_dir):
