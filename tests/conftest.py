@@ -100,8 +100,11 @@ LONGEST_FILES = tuple(f"tests/{name}.py" for name in (
     "test_p2_data", "test_distill", "test_p3_load"))
 
 
+TRAINED_MODEL_FIXTURES = {"quick_p2_cnn_run", "quick_p3_onnx_export", "with_quick_p2_cnn"}
+
+
 def pytest_collection_modifyitems(items):
-    """Marker spellings, and the longest files first.
+    """Marker spellings, ``slow`` for every test that needs a trained model, and the longest files first.
 
     ``-m p1_numpy`` selects what ``-m p1-numpy`` selects (both spellings are
     registered).  ``make test`` spreads whole files over two workers in the
@@ -113,6 +116,8 @@ def pytest_collection_modifyitems(items):
         for mark in list(item.iter_markers()):
             if mark.name.startswith(("p1-", "p2-", "p3-")):
                 item.add_marker(mark.name.replace("-", "_"))
+        if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)      # the first such test trains the model (about a minute)
     rank = {name: position for position, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = getattr(pytest.mark, "p2-cnn")
 
 
+@pytest.mark.slow
 def test_quick_benchmark_times_both_pipelines_and_their_parts(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_p2.py"), "--quick", "--device", "cpu",
                           "--results-dir", str(tmp_path)], check=True, cwd=ROOT, capture_output=True, text=True)

@@ -53,11 +53,14 @@ def test_real_callable_of_known_duration():
         while time.perf_counter() < end:
             pass
 
+    # A call can never take less than its 2 ms; on a busy machine (two test workers on two cores) it can
+    # take several times longer, so the upper bounds only rule out a wrong unit (seconds, microseconds)
+    # or calls counted as items.
     stats = measure_latency(busy_2ms, warmup=2, repeats=30)
-    assert 2.0 <= stats.p50_ms < 4.0, stats
+    assert 2.0 <= stats.p50_ms < 20.0, stats
     assert stats.min_ms <= stats.p50_ms <= stats.p95_ms <= stats.p99_ms <= stats.max_ms
     throughput = measure_throughput(busy_2ms, items_per_call=10, warmup=1, repeats=10)
-    assert 2500 < throughput["items_per_s"] <= 5000
+    assert 500 < throughput["items_per_s"] <= 5000   # 10 items per call of >= 2 ms; 500 would be calls per second
 
 
 def test_compare_interleaves_rounds_and_reports_ratios():

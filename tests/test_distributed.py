@@ -31,6 +31,7 @@ def run(out: Path, nproc: int, *flags: str) -> dict:
             **json.loads((out / "history.json").read_text())}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     single, ddp = run(tmp_path / "one", 1), run(tmp_path / "two", 2)
     assert ddp["world_size"] == 2 and single["world_size"] == 1
@@ -53,6 +54,7 @@ def test_shards_cover_each_global_batch_exactly_once():
         TensorLoader(split, 16, rank=0, world_size=2)
 
 
+@pytest.mark.slow
 def test_every_rank_evaluates_the_same_model(tmp_path):
     """BatchNorm's running statistics are synchronised after each epoch, so ranks agree on validation.
 

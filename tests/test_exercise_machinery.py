@@ -164,6 +164,7 @@ def test_solution_asks_before_replacing_the_learners_code(project):
     assert ml60("exercise").returncode == 2 and "name a milestone" in ml60("exercise").stderr
 
 
+@pytest.mark.slow
 def test_make_check_grades_the_tree():
     """`make check` on the reference tree: every p1-numpy exercise solved, exit 0."""
     out = subprocess.run([sys.executable, "-m", "ml60", "check", "p1-numpy"], cwd=exercises.ROOT,

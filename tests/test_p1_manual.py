@@ -41,6 +41,7 @@ def test_raw_twin_does_not_share_storage_with_the_module():
     assert raw.params[0].abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_quick_run_passes_its_check(tmp_path, torch_threads):
     metrics = p1_manual.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu"])
     assert metrics["torch_threads"] == torch_threads
@@ -93,6 +94,7 @@ def test_float64_twins_agree_far_inside_the_tolerance_at_any_thread_count(torch_
 
 
 @pytest.mark.parametrize("wrong_step", ["lr off by 0.1%", "gradients never cleared"])
+@pytest.mark.slow
 def test_float64_drift_catches_a_slightly_wrong_step_at_any_thread_count(torch_threads, wrong_step):
     def step(self, lr):
         with torch.no_grad():

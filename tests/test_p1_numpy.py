@@ -64,6 +64,7 @@ def test_three_matmuls_agree():
     assert np.allclose(p1_numpy.matmul_row_by_column(a, b), a @ b)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_its_folder_and_passes_its_check(tmp_path):
     metrics = p1_numpy.main(["--quick", "--run-dir", str(tmp_path)])
     assert p1_numpy.check(metrics) == []

@@ -19,6 +19,7 @@ def test_models_map_mnist_batches_to_ten_logits(make):
 
 @train_mark
 @refactor_mark
+@pytest.mark.slow
 def test_quick_chain_train_then_refactor(tmp_path, monkeypatch):
     """p1-train writes its run; p1-refactor finds it and compares (what `make phase1 QUICK=1` does)."""
     monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))

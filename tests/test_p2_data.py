@@ -39,6 +39,7 @@ def test_both_pipelines_give_the_same_statistics():
     assert 0.08 < result["fast"]["padded_share"] < 0.18  # a 4-pixel pad leaves ~13% zeros on average
 
 
+@pytest.mark.slow
 def test_quick_run_passes_its_check(tmp_path):
     metrics = p2_data.main(["--quick", "--run-dir", str(tmp_path)])
     assert p2_data.check(metrics) == []

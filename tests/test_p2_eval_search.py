@@ -167,6 +167,7 @@ def test_eval_refuses_a_model_for_other_classes(with_quick_p2_cnn):
 
 
 @search_mark
+@pytest.mark.slow
 def test_a_full_search_never_resumes_quick_trials(tmp_path):
     """Quick and full searches (and real versus stand-in data) keep separate studies in one study.db."""
     import optuna
@@ -183,6 +184,7 @@ def test_a_full_search_never_resumes_quick_trials(tmp_path):
 
 
 @search_mark
+@pytest.mark.slow
 def test_quick_search_chooses_on_validation_and_resumes(tmp_path):
     metrics = p2_search.main(["--quick", "--run-dir", str(tmp_path), "--device", "cpu", "--trials", "3"])
     assert p2_search.check(metrics) == []

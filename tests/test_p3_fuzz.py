@@ -27,6 +27,7 @@ def app(model_dir):
     return create_app(Settings(model_dir=model_dir, api_token=TOKEN))
 
 
+@pytest.mark.slow
 def test_no_request_the_schema_allows_causes_a_server_error(app):
     """Every operation of /openapi.json, 25 generated requests each (with the API token), sent to the app in process."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

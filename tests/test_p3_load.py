@@ -11,6 +11,7 @@ from phase3_production import load_test
 pytestmark = getattr(pytest.mark, "p3-serve")
 
 
+@pytest.mark.slow
 def test_quick_load_test_runs_both_modes_without_errors(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ML60_RUNS_DIR", str(tmp_path))
     summary = load_test.main(["--quick", "--model-dir", str(model_dir), "--requests", "120"])

@@ -106,6 +106,7 @@ def test_a_reference_file_that_does_not_match_the_manifest_is_refused(model_dir,
         ServedModel.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_milestone_plays_the_traffic_and_writes_its_picture(model_dir, tmp_path, monkeypatch):
     from phase3_production import p3_monitor
 

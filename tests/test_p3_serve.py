@@ -214,6 +214,7 @@ def test_micro_batcher_gathers_concurrent_requests_and_routes_answers_back():
     assert max(calls) <= 8 and len(calls) < 20                                # batched, within the limit
 
 
+@pytest.mark.slow
 def test_self_test_runs_the_container_command_and_passes(model_dir, tmp_path, monkeypatch):
     """The milestone's own check, end to end on the real uvicorn process: real HTTP, chunked uploads,
     a concurrent burst, a SIGTERM under load."""

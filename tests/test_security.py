@@ -124,6 +124,7 @@ def test_extraction_without_data_filter_still_extracts_a_plain_archive(tmp_path,
 SCANNED = ("common", "ml60", "phase1_foundation", "phase2_depth", "phase3_production")
 
 
+@pytest.mark.slow
 def test_bandit_finds_nothing_unreviewed():
     """bandit, the Python security linter, over every package: each finding is fixed or marked where it is.
 

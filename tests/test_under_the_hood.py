@@ -166,6 +166,7 @@ def tiny_splits(**_) -> CifarSplits:
     return CifarSplits(train, val, val, dataset.classes, mean, std, dataset)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_metrics_and_pictures(tmp_path, monkeypatch):
     monkeypatch.setattr(uth, "cifar_splits", tiny_splits)
     monkeypatch.setitem(uth.SIZES, "quick", dict(uth.SIZES["quick"], batch=32, widths=(4, 8, 8, 8, 8), range_steps=8,
