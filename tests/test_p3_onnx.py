@@ -177,15 +177,25 @@ def test_a_model_for_other_classes_fails_before_overwriting_the_previous_export(
 
 
 def test_a_model_trained_on_other_data_is_refused_in_one_line_that_names_the_command(with_quick_p2_cnn, tmp_path):
-    """The quick model was trained on the stand-in; a run that loads other classes says how to match them."""
+    """A run that loads other classes than the model's says which data the model wants, in one line.
+
+    The session's quick model was trained on the stand-in, or on real CIFAR-10 when the real-data
+    switch is on (CI): the advice follows what its run recorded.
+    """
+    import json
+
     import torch
 
-    blob = torch.load(with_quick_p2_cnn / "p2-cnn" / "quick" / "model.pt", weights_only=True)
+    run = with_quick_p2_cnn / "p2-cnn" / "quick"
+    blob = torch.load(run / "model.pt", weights_only=True)
     with pytest.raises(SystemExit) as stop:
-        p3_onnx.require_model_fits_data(with_quick_p2_cnn / "p2-cnn" / "quick" / "model.pt", blob,
-                                        [f"other-{i}" for i in range(10)], quick=True)
+        p3_onnx.require_model_fits_data(run / "model.pt", blob, [f"other-{i}" for i in range(10)], quick=True)
     message = str(stop.value)
-    assert "\n" not in message and "stand-in" in message and "`make p3-onnx QUICK=1` without DATA_DIR" in message
+    assert "\n" not in message and "'other-0'" in message
+    if json.loads((run / "metrics.json").read_text())["data"]["real_data"]:
+        assert "trained on real data" in message and "`make p3-onnx QUICK=1 DATA_DIR=" in message
+    else:
+        assert "stand-in" in message and "`make p3-onnx QUICK=1` without DATA_DIR" in message
     p3_onnx.require_model_fits_data(with_quick_p2_cnn / "p2-cnn" / "quick" / "model.pt", blob,
                                     list(blob["classes"]), quick=True)   # the same classes: no complaint
 
