@@ -56,18 +56,23 @@ def scratch_tree(tmp_path: Path) -> Path:
     return root
 
 
-def python(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def python(root: Path, *args: str, timeout: float = 300, data_env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
     """``python -m ...`` inside the scratch tree: its own copies of the packages come first on the path.
 
     The runs use the offline stand-in data, as a learner's quick run does before the datasets are in
     place: this proof is about which code runs, and the real-data tests already cover the real files.
+    ``data_env`` (``ML60_DATA_DIR``, ``ML60_CACHE_DIR``) overrides that where a stretch reads an upstream
+    model: p3-onnx refuses a model trained on other data than the data it loads, as it should.
     """
-    env = {k: v for k, v in os.environ.items() if k != "ML60_DATA_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ML60_DATA_DIR", "DATA_DIR")}
+    env.update(data_env or {})
     env.update(ML60_RUNS_DIR=str(root / "runs"), PYTHONPATH=str(root), ML60_OFFLINE="1")
     return subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def grade(root: Path, milestones: list[str], *, check_run_of: str | None = None) -> tuple[dict[str, str], list[str]]:
+def grade(root: Path, milestones: list[str], *, check_run_of: str | None = None,
+          data_env: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """(every exercise verdict of ``milestones``, the problems ``check(metrics)`` finds in ``check_run_of``'s quick run).
 
     One process for both, inside the scratch tree: the verdicts come from one pytest run over the
@@ -79,17 +84,19 @@ def grade(root: Path, milestones: list[str], *, check_run_of: str | None = None)
             "    m = by_id(sys.argv[1])\n"
             "    problems = importlib.import_module(m.module).check(read_metrics(run_path(m.id, quick=True)))\n"
             "print(json.dumps({'problems': problems, 'verdicts': json.loads(verdicts_json(sys.argv[2:]))}))")
-    out = python(root, "-c", code, check_run_of or "", *milestones)
+    out = python(root, "-c", code, check_run_of or "", *milestones, data_env=data_env)
     assert out.returncode == 0, f"grading failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     graded = json.loads(out.stdout.strip().splitlines()[-1])
     return graded["verdicts"], graded["problems"]
 
 
-def prove_course_order(tmp_path: Path, first: str, last: str, *, upstream_runs: dict[str, Path] | None = None) -> None:
+def prove_course_order(tmp_path: Path, first: str, last: str, *, upstream_runs: dict[str, Path] | None = None,
+                       data_env: dict[str, str] | None = None) -> None:
     """Stubs in course order, from milestone ``first`` to ``last`` (ids), on a scratch tree.
 
     ``upstream_runs``: finished quick runs of earlier milestones that this stretch reads, copied into the
-    scratch tree's ``runs/<id>/quick/`` (phase 3 reads p2-cnn's model).
+    scratch tree's ``runs/<id>/quick/`` (phase 3 reads p2-cnn's model).  ``data_env``: the data settings
+    those runs were made with, so that this stretch loads the same data (see :func:`python`).
     """
     root = scratch_tree(tmp_path)
     ids = {m.id: [ex.id for ex in exercises.all_exercises(root) if ex.milestone == m.id] for m in MILESTONES}
@@ -111,7 +118,8 @@ def prove_course_order(tmp_path: Path, first: str, last: str, *, upstream_runs: 
         if len(not_started) != len(ids[milestone_id]):
             problems.append(f"{milestone_id} stubbed: verdicts {found}, expected every exercise 'not started'")
         start = time.perf_counter()
-        run = python(root, "-m", "ml60", "run", milestone_id, "--quick", *SMALLEST.get(milestone_id, ()))
+        run = python(root, "-m", "ml60", "run", milestone_id, "--quick", *SMALLEST.get(milestone_id, ()),
+                     data_env=data_env)
         raised = RAISED_RE.findall(run.stdout + run.stderr)
         if run.returncode == 0 or not raised or raised[-1] not in ids[milestone_id]:
             tail = (run.stdout + run.stderr)[-1500:]
@@ -120,20 +128,21 @@ def prove_course_order(tmp_path: Path, first: str, last: str, *, upstream_runs: 
         log.append(f"{milestone_id} stubbed: {len(not_started)}/{len(ids[milestone_id])} not started, the run stops at "
                    f"{raised[-1] if raised else '?'} ({time.perf_counter() - start:.0f}s)")
 
-    expect_stubbed(first, grade(root, [first])[0])
+    expect_stubbed(first, grade(root, [first], data_env=data_env)[0])
     for k in range(start, stop):
         milestone = MILESTONES[k]
         after = MILESTONES[k + 1].id if k + 1 < len(MILESTONES) else None
         if ids[milestone.id]:
             exercises.restore(milestone.id, root=root)
         start = time.perf_counter()
-        run = python(root, "-m", "ml60", "run", milestone.id, "--quick", *SMALLEST.get(milestone.id, ()))
+        run = python(root, "-m", "ml60", "run", milestone.id, "--quick", *SMALLEST.get(milestone.id, ()),
+                     data_env=data_env)
         if run.returncode != 0:
             problems.append(f"{milestone.id} restored, later milestones stubbed: its quick run failed "
                             f"(exit {run.returncode}):\n{(run.stdout + run.stderr)[-2000:]}")
         # One process grades both milestones and checks the run it just wrote.
         found, run_problems = grade(root, [m for m in (milestone.id, after) if m],
-                                    check_run_of=milestone.id if run.returncode == 0 else None)
+                                    check_run_of=milestone.id if run.returncode == 0 else None, data_env=data_env)
         problems += [f"{milestone.id}: {p}" for p in run_problems]
         unsolved = {i: found.get(i, "no verdict") for i in ids[milestone.id] if found.get(i) != "solved"}
         if unsolved:
