@@ -53,7 +53,7 @@ MILESTONES := $(shell $(PYTHON) -m ml60 ids 2>/dev/null)
 QUICK_FLAG := $(if $(filter 1 yes true on,$(QUICK)),--quick)
 
 .DEFAULT_GOAL := help
-.PHONY: help install quickstart test test-fast system-tools progress compare under-the-hood distill exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
+.PHONY: help install quickstart test test-fast audit-tolerances system-tools progress compare under-the-hood distill exercises exercise check solution diff mutate phase1 phase2 phase3 bench bench-p1 bench-p2 bench-tta p3-load clean $(MILESTONES)
 
 help:
 	@$(PYTHON) -m ml60 help
@@ -118,6 +118,11 @@ exercises: $(STAMP)
 mutate: $(TEST_STAMP)
 	@$(PY) -m ml60 mutate $(or $(M),all)
 	@$(if $(M),true,$(PY) -m ml60.mutation)
+
+# The maintainer's audit of every float tolerance: the margin each leaves at 1, 2 and 4 threads and with
+# deterministic algorithms (tools/tolerance_audit; about an hour on 2 cores; DATA_DIR= adds the real-data tests).
+audit-tolerances: $(TEST_STAMP)
+	$(PY) -m tools.tolerance_audit $(ARGS)
 
 exercise check solution diff: $(STAMP)
 	@test -n "$(M)" || { echo "name the milestone: make $@ M=p1-numpy (make exercises lists them)"; exit 2; }
