@@ -529,12 +529,20 @@ def load_image_folder(root: Path, *, name: str | None = None, image_size: tuple[
 
 
 def _download(name: str, data_dir: Path, announce: Announce):
-    """Try torchvision's download (which checks each file's MD5). Returns (dataset|None, reason)."""
+    """Try torchvision's download (which checks each file's MD5). Returns (dataset|None, reason).
+
+    A failed download leaves the folder as it found it: the folders it made and the partial files it
+    wrote are removed, so an empty ``MNIST/raw/`` never looks like data that is half there.  The reason
+    names every mirror tried and what each answered, not only the file that failed.
+    """
     from torchvision import datasets as tvd
 
     target = data_dir if _writable(data_dir) else cache_dir() / "downloads"
     cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
     announce(f"[data] {name} not found locally; trying torchvision's download into {target}")
+    owned = ([target / "cifar-10-python.tar.gz", target / "cifar-10-batches-py"] if name == "cifar10"
+             else [target / ("MNIST" if name == "mnist" else "FashionMNIST")])
+    target_existed, before = target.exists(), _snapshot(owned)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
@@ -542,13 +550,37 @@ def _download(name: str, data_dir: Path, announce: Announce):
         cls(str(target), train=True, download=True)
         cls(str(target), train=False, download=True)
     except Exception as exc:  # no network, a mirror down, a checksum mismatch...
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return None, f"download into {target} failed ({type(exc).__name__}: {first_line[:200]})"
+        _remove_what_was_added(before)
+        if not target_existed and target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        return None, f"download into {target} failed ({type(exc).__name__}: {cause[:600]})"
     finally:
         socket.setdefaulttimeout(previous)
     loader = _cifar10 if name == "cifar10" else _mnist_family
     dataset, _ = loader(name, target, announce)
     return dataset, f"downloaded into {target}"
+
+
+def _snapshot(paths: list[Path]) -> dict[Path, set[Path] | None]:
+    """For each path: None when it does not exist yet, else what is under it now (a file: empty)."""
+    return {path: (set(path.rglob("*")) if path.is_dir() else set()) if path.exists() else None for path in paths}
+
+
+def _remove_what_was_added(before: dict[Path, set[Path] | None]) -> None:
+    """Undo a failed download: what did not exist before goes; what did stays untouched."""
+    for path, existed in before.items():
+        if existed is None:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        elif path.is_dir():
+            for added in sorted(set(path.rglob("*")) - existed, reverse=True):   # children before parents
+                if added.is_dir():
+                    shutil.rmtree(added, ignore_errors=True)
+                else:
+                    added.unlink(missing_ok=True)
 
 
 def _writable(path: Path) -> bool:

@@ -50,12 +50,13 @@ def cmd_solution(args: list[str]) -> int:
     mine = edited(selector)
     if mine and not force:
         names = ", ".join(ex.id for ex in mine)
+        hold = "holds" if len(mine) == 1 else "hold"
         if not sys.stdin.isatty():
-            print(f"{names} hold your own code. `make solution M={selector} FORCE=1` replaces it with the reference "
+            print(f"{names} {hold} your own code. `make solution M={selector} FORCE=1` replaces it with the reference "
                   "(after a backup under .ml60/backup/); `make diff M=" + selector + "` shows the difference first.",
                   file=sys.stderr)
             return 1
-        answer = input(f"{names} hold your own code. Replace it with the reference (a backup is kept)? [y/N] ")
+        answer = input(f"{names} {hold} your own code. Replace it with the reference (a backup is kept)? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing changed.")
             return 1

@@ -366,10 +366,14 @@ def make_stubs(selector: str, *, force: bool = False, root: Path = ROOT) -> Outc
             if state == "edited":
                 to_back_up.add(ex.path)
             bodies[ex.id] = ex.stub()
-            outcome.lines.append((ex.id, f"stubbed: {ex.location}"))
+            outcome.lines.append((ex.id, "stubbed"))
     if to_back_up:
         outcome.backup = backup(sorted(to_back_up), root)
     replace_bodies(bodies, root)
+    # A stub is shorter than its answer, so every block below it in the same file moves up: the places
+    # printed are read from the files as they are now, not as they were.
+    now = {ex.id: ex.location for ex in select(selector, root)}
+    outcome.lines = [(ex_id, f"stubbed: {now[ex_id]}" if text == "stubbed" else text) for ex_id, text in outcome.lines]
     return outcome
 
 

@@ -278,11 +278,19 @@ def table_text(models: dict, rare_name: str) -> str:
     return "\n".join(lines)
 
 
+def threshold_rule(threshold: float) -> str:
+    """The chosen rule in words.  ``inf`` is a real outcome of :func:`evaluation.threshold_for_cost`: on the
+    validation split no threshold paid for its false alarms, so the cheapest rule there flags nothing."""
+    if threshold == float("inf"):
+        return "flag nothing (cheapest)"
+    return f"probability >= {threshold:.3f}"
+
+
 def detection_text(detections: dict) -> str:
     lines = [f"  {'model':<27} {'rule':<26} {'precision':>9} {'recall':>7} {'misses':>6} {'alarms':>6} "
              f"{'cost/image':>10}"]
     for name, d in detections.items():
-        for rule, figures in (("argmax", d["test_argmax"]), (f"probability >= {d['threshold']:.3f}", d["test"])):
+        for rule, figures in (("argmax", d["test_argmax"]), (threshold_rule(d["threshold"]), d["test"])):
             lines.append(f"  {LABELS[name]:<27} {rule:<26} {100 * figures['precision']:>8.1f}% "
                          f"{100 * figures['recall']:>6.1f}% {figures['misses']:>6} {figures['false_alarms']:>6} "
                          f"{figures['cost_per_image']:>10.3f}")

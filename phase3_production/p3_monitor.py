@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     found, false_alarms = detections(timeline, plan)
     print(f"  {sum(c for _, c in plan):,} requests in {seconds:.0f} s")
-    print(f"\n-- Detection (target: within {DETECT_WITHIN} requests; no alarm in the first {n_clean:,} clean) --")
+    held = "" if not args.quick else " (a full run is held to it; a quick run, on small data, is not)"
+    print(f"\n-- Detection (target: within {DETECT_WITHIN} requests; no alarm in the first {n_clean:,} clean){held} --")
     print(f"  false alarms during the clean phase: {len(false_alarms)}")
     for name, d in found.items():
         took = "NOT detected" if d["detected_at"] is None else f"detected after {d['requests_to_detect']} requests"

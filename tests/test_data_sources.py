@@ -123,6 +123,40 @@ def test_download_failure_is_reported_then_stand_in_in_quick_mode(tmp_path, monk
     assert any("no network" in m for m in messages)
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on: a connection to it is refused at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("had_a_folder", [False, True])
+def test_a_failed_download_names_its_cause_and_leaves_the_folder_as_it_was(tmp_path, monkeypatch, had_a_folder):
+    """torchvision's real download, pointed at a mirror that refuses: the message carries the mirror and its
+    answer (not only "Error downloading ...:"), and nothing the attempt made is left behind. A file the
+    learner had put there stays."""
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [f"http://127.0.0.1:{closed_port()}/mnist/"])
+    data = tmp_path / "data"
+    mine = data / "MNIST" / "raw" / "notes.txt"
+    if had_a_folder:
+        mine.parent.mkdir(parents=True)
+        mine.write_text("the learner's own file")
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("mnist", data_dir=data, download=True, announce=quiet)
+    message = str(err.value)
+    assert "Error downloading train-images-idx3-ubyte.gz" in message, message
+    assert "Tried http://127.0.0.1:" in message and "refused" in message.lower(), message
+    if had_a_folder:
+        assert sorted(p.relative_to(data) for p in data.rglob("*")) == [Path("MNIST"), Path("MNIST/raw"),
+                                                                        Path("MNIST/raw/notes.txt")]
+    else:
+        assert not data.exists(), sorted(data.rglob("*"))
+
+
 def test_quick_mode_stand_ins_are_announced_and_flagged(tmp_path):
     messages: list[str] = []
     mnist = load_dataset("mnist", data_dir=tmp_path, quick=True, announce=messages.append)

@@ -140,3 +140,20 @@ def test_commands_name_the_learners_data_folder(doc):
     assert "shared/datasets" not in text, (
         f"{doc.relative_to(ROOT)} points at a machine's own dataset folder: name the learner's ./data (the "
         "default) or DATA_DIR=..., and the README's Data section says where the files come from")
+
+
+def test_the_hostile_upload_count_the_docs_state_is_the_list_the_self_test_sends():
+    """The docs' "N / N hostile uploads" is the length of bad_inputs.cases(), which the quick and the full
+    self-test both send whole (the list does not depend on the model or the data)."""
+    from phase3_production import bad_inputs
+    from phase3_production.serving.config import Settings
+
+    settings = Settings()
+    sent = len(bad_inputs.cases(settings.max_body_bytes, settings.max_batch_files, settings.max_pixels))
+    stated = []
+    for doc in (ROOT / "README.md", ROOT / "phase3_production" / "README.md", ROOT / "benchmarks" / "README.md"):
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            if line.startswith("| p3-serve") and "hostile" in line:
+                stated += [(doc.name, int(a)) for a, b in re.findall(r"(\d+) / (\d+) \|", line) if a == b and a != "500"]
+    assert len(stated) == 3, stated
+    assert all(count == sent for _, count in stated), f"the self-test sends {sent} hostile uploads; the docs say {stated}"

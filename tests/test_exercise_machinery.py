@@ -6,6 +6,7 @@ two-function module in a scratch folder shows each rule of ml60/exercises.py, in
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,24 @@ def test_stub_then_restore_gives_back_the_same_bytes(project):
     assert all(ex.state == "stub" for ex in blocks(project).values())
     exercises.restore("p1-numpy", root=project)
     assert (project / "phase1_foundation" / "lesson.py").read_text() == original
+
+
+def test_the_places_printed_after_stubbing_are_the_stubs_own_lines(tmp_path):
+    """`make exercise M=p1-numpy` prints where each stub now is: a stub is shorter than its answer, so every
+    block below the first in a file moves up, and the line printed must be the stub's `raise`."""
+    shutil.copytree(exercises.ROOT / "phase1_foundation", tmp_path / "phase1_foundation",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.md"))
+    reference = blocks(tmp_path)
+    outcome = exercises.make_stubs("p1-numpy", root=tmp_path)
+    printed = dict(outcome.lines)
+    assert len(printed) == 5, printed
+    moved = 0
+    for exercise_id, text in printed.items():
+        path, line = text.removeprefix("stubbed: ").split(" ")[0].rsplit(":", 1)
+        shown = (tmp_path / path).read_text().splitlines()[int(line) - 1]
+        assert re.search(rf"raise NotImplementedError\(['\"]{re.escape(exercise_id)} ", shown), (exercise_id, text, shown)
+        moved += reference[exercise_id].body_start + 1 != int(line)
+    assert moved >= 2, "no block moved: the lesson files changed, so this test no longer shows the rule"
 
 
 def test_the_learners_code_is_kept_and_backed_up(project):
@@ -154,7 +173,7 @@ def test_solution_asks_before_replacing_the_learners_code(project):
     path = project / "phase1_foundation" / "lesson.py"
     path.write_text(path.read_text().replace(blocks(project)["p1-numpy.1"].body, "    return 2 * x"))
     refused = ml60("solution", "p1-numpy")
-    assert refused.returncode == 1 and "p1-numpy.1 hold your own code" in refused.stderr and "FORCE=1" in refused.stderr
+    assert refused.returncode == 1 and "p1-numpy.1 holds your own code" in refused.stderr and "FORCE=1" in refused.stderr
     assert "return 2 * x" in path.read_text()
     listed = ml60("exercises")
     assert "p1-numpy.1" in listed.stdout and "edited" in listed.stdout and "stub" in listed.stdout

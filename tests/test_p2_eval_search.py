@@ -108,6 +108,19 @@ def test_the_threshold_is_chosen_on_validation_and_tested_once():
     assert found["test_argmax"]["flagged"] == 3        # argmax says cat wherever P(cat) beats the 0.1s
 
 
+def test_a_rule_that_flags_nothing_is_said_in_words():
+    """When no threshold pays for its false alarms on validation, the cheapest rule flags nothing (threshold
+    inf): the table says so instead of printing "probability >= inf"."""
+    labels = np.array([3, 0, 0, 0, 0, 0])
+    probs = np.full((6, 4), 0.1)
+    probs[:, 3] = [0.2, 0.9, 0.8, 0.7, 0.6, 0.5]        # the one cat scores below every other image
+    found = imbalance.detection(labels, probs, labels, probs, rare=3, cost_miss=1.0, cost_false_alarm=1.0)
+    assert found["threshold"] == float("inf") and found["test"]["flagged"] == 0
+    text = imbalance.detection_text({"plain": {**found, "test_argmax": found["test"]}})
+    assert "inf" not in text and "flag nothing" in text
+    assert imbalance.threshold_rule(0.25) == "probability >= 0.250"
+
+
 def lesson_metrics(balanced: float, plain: float, resampled: float, real: bool = True) -> dict:
     """The figures check() reads from section 7, with the rare class's recall of each model."""
     models = {name: {"rare_recall": r, "rare_test_images": 1000}
