@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"help": lambda: cmd_help(), "ids": lambda: cmd_ids(), "run": lambda: cmd_run(rest),
                 "phase": lambda: cmd_phase(rest), "quickstart": lambda: cmd_quickstart(),
                 "progress": lambda: cmd_progress(), "compare": lambda: cmd_compare(rest),
-                "days": lambda: __import__("ml60.days", fromlist=["main"]).main()}
+                "days": lambda: __import__("ml60.days", fromlist=["main"]).main(),
+                "install-check": lambda: __import__("ml60.install_check", fromlist=["main"]).main()}
     from ml60 import exercise_commands
 
     commands.update({name: (lambda f=f: exercise_commands.dispatch(f, rest))

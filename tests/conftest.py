@@ -98,7 +98,7 @@ def mnist_folder(tmp_path) -> Path:
 # stretches (290 s in all), the phase-1 training tests (200 s), p2-cnn's (100 s), then about 50 s each.
 LONGEST_FILES = tuple(f"tests/{name}.py" for name in (
     "test_exercise_stubs_phase2", "test_p1_train_refactor", "test_exercise_stubs_phase3", "test_exercise_stubs",
-    "test_p2_cnn", "test_p2_eval_search", "test_bench_p2",
+    "test_p2_cnn", "test_start_here", "test_p2_eval_search", "test_bench_p2",
     "test_p2_data", "test_distill", "test_p3_load"))
 
 
