@@ -106,7 +106,11 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Leave the group together: a rank that tears down while another still talks to it can abort."""
+    """Leave the group together: a rank that tears down while another still talks to it can abort.
+
+    Drop every DDP wrapper first (``Trainer.close()``): one that outlives the
+    group is freed during interpreter exit, where a rank can abort.
+    """
     if dist.is_available() and dist.is_initialized():
         barrier()
         dist.destroy_process_group()

@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
     val = history[-1]["val_accuracy"]
     print(f"\nResult: validation {100 * val:.2f}%, test {100 * test['accuracy']:.2f}% (evaluated once) after "
           f"{minutes:.1f} minutes on {device}.")
+    trainer.close()             # drop the DDP wrapper before the process group goes
     if not dist.is_main:        # rank 0 alone writes the model and the metrics
         distributed.shutdown()
         return {}

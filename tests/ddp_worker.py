@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -54,10 +55,13 @@ def main() -> None:
         torch.save(dict(trainer.raw_model.named_buffers()), Path(args.out) / f"buffers_rank{info.rank}.pt")
         (Path(args.out) / f"val_rank{info.rank}.json").write_text(
             json.dumps([h["val_loss"] for h in history]))
+    wrapper = weakref.ref(trainer.model) if trainer.model is not trainer.raw_model else None
+    trainer.close()   # the DDP wrapper goes before the process group does (see Trainer.close)
     if info.is_main:
         torch.save(trainer.raw_model.state_dict(), Path(args.out) / "weights.pt")
-        (Path(args.out) / "history.json").write_text(json.dumps({"history": history, "world_size": info.world_size,
-                                                                   "steps_per_epoch": len(loader)}))
+        (Path(args.out) / "history.json").write_text(json.dumps({
+            "history": history, "world_size": info.world_size, "steps_per_epoch": len(loader),
+            "wrapper_freed_by_close": None if wrapper is None else wrapper() is None}))
     distributed.shutdown()
 
 
