@@ -69,7 +69,7 @@ def test_probe_records_the_values_and_report_reads_the_margins(tmp_path):
     assert table["tests/test_x.py:11"]["margin"] > 90                              # apart: 0.1 / 1.1e-3
     assert table["tests/test_x.py:12"]["margin"] > 1e5                              # approx: 5.6e-17 of 3e-7
     assert table["tests/test_x.py:16"]["reading"] == "not reached"
-    assert "| tests/test_x.py:8 | test_sites | `< TOLERANCE` | 2e-05 | 50x |" in report.markdown(list(table.values()), ["t1"])
+    assert "| tests/test_x.py:8 | test_sites | `< TOLERANCE` | 2e-05 | yes | 50x |" in report.markdown(list(table.values()), ["t1"])
     assert json.dumps(list(table.values()), default=str)
 
 
@@ -80,3 +80,19 @@ def test_a_margin_under_ten_is_flagged():
     assert rows[0]["flag"] and math.isclose(rows[0]["margin"], 5.0)
     both = report.rows([site], {"t2": {"0": {"ref": {"value": [1e-5, 2e-3], "tol": [1e-3, 1e-3]}}}})
     assert both[0]["margin"] is None and both[0]["reading"].startswith("both sides")
+
+
+def test_an_explained_site_is_cleared_only_while_no_configuration_moves_it():
+    """A bound or a sampling statistic is not judged by tolerance / value, but threads must not move it."""
+    site = {"id": 0, "kind": "compare", "op": "<", "text": "p.get(\"max_std_diff\", 1) < PIPELINE_TOLERANCE",
+            "file": "phase2_depth/p2_data.py", "line": 150, "function": "check", "tolerance": "PIPELINE_TOLERANCE"}
+    fixed = {"ref": {"value": [1e-3, 4e-3], "tol": [0.02, 0.02]}}
+    cleared = report.rows([site], {"t1": {"0": fixed}, "t2": {"0": fixed}})[0]
+    assert cleared["explained"].startswith("a statistic of random draws") and cleared["same_everywhere"]
+    assert math.isclose(cleared["margin"], 5.0) and not cleared["flag"]
+    moved = report.rows([site], {"t1": {"0": fixed}, "t2": {"0": {"ref": {"value": [1e-3, 4.1e-3],
+                                                                        "tol": [0.02, 0.02]}}}})[0]
+    assert not moved["same_everywhere"] and moved["flag"]
+    alone = report.rows([site], {"t1": {"0": fixed}})[0]
+    assert alone["flag"], "one configuration cannot show that threads leave it alone"
+    assert "explained: a statistic" in report.markdown([cleared], ["t1", "t2"])

@@ -13,6 +13,12 @@ Records from the tests that feed the checks *wrong* answers on purpose
 the table gives how far the nearest wrong answer sits beyond the tolerance.
 A site whose correct-code values fall on both sides of the tolerance holds
 several cases (some meant to pass, some to fail) and is listed as such.
+
+The margin is the measure for a tolerance on rounding.  For a few sites it is
+the wrong one (a bound that a correct value may touch, a statistic of random
+draws): :data:`EXPLAINED` gives each its reason.  Such a site is cleared only
+while its correct-code values are the same at every configuration, so that
+nothing in it depends on the threads; if they move, it is flagged like any other.
 """
 
 from __future__ import annotations
@@ -23,6 +29,25 @@ from pathlib import Path
 
 WRONG_ANSWER_TESTS = ("tests/test_exercises.py", "tests/test_check_mutants.py")
 ENOUGH = 10.0   # a margin below this is flagged
+
+# (file, a fragment of the site's text) -> why tolerance / value is not the measure there.
+EXPLAINED = {
+    ("tests/test_loaders.py", "x.max() <= (1 - 0.5) / 0.25 + 1e-6"):
+        "a bound, not a tolerance: a white pixel normalises to exactly 2.0; the slack only absorbs rounding",
+    ("tests/exercises/test_p2_search.py", "values.max() <= high * (1 + 1e-9)"):
+        "a bound, not a tolerance: a draw may land on the range's end; the slack only absorbs exp(log(x)) rounding",
+    ("phase2_depth/p2_data.py", "PIPELINE_TOLERANCE"):
+        "a statistic of random draws: two pipelines augment with different random streams, so their statistics "
+        "differ by sampling noise of the (seeded) images, not by rounding",
+    ("tests/test_p1_train_refactor.py", "REPRODUCE_TOLERANCE"):
+        "a statistic of random draws: the plain loop and the classes shuffle MNIST with different streams, so "
+        "their accuracies differ by run-to-run training noise (0.06 points), not by rounding",
+}
+
+
+def explanation(site: dict) -> str | None:
+    return next((why for (file, fragment), why in EXPLAINED.items()
+                 if site["file"] == file and fragment in site["text"]), None)
 
 
 def load(record_dir: Path) -> dict:
@@ -88,6 +113,8 @@ def rows(sites: list[dict], per_config: dict[str, dict]) -> list[dict]:
         sid = str(site["id"])
         row = {"site": f"{site['file']}:{site['line']}", "function": site["function"], "text": site["text"],
                "tolerance": tolerance_text(site), "worst": {}, "margins": {}, "wrong": {}}
+        refs = [records.get(sid, {}).get("ref") for records in per_config.values()]
+        row["same_everywhere"] = bool(refs[0]) and all(r == refs[0] for r in refs)
         for config, records in per_config.items():
             ref = records.get(sid, {}).get("ref")
             key = "value" if site["kind"] == "compare" else "share"
@@ -103,15 +130,18 @@ def rows(sites: list[dict], per_config: dict[str, dict]) -> list[dict]:
         row["margin"] = min(numbers) if numbers else None
         row["reading"] = next(iter({r for m, r in row["margins"].values() if m is not None}), "") if numbers else \
             "; ".join(sorted(readings))
-        row["flag"] = row["margin"] is not None and row["margin"] < ENOUGH
+        row["explained"] = explanation(site)
+        cleared = row["explained"] is not None and row["same_everywhere"] and len(per_config) > 1
+        row["flag"] = row["margin"] is not None and row["margin"] < ENOUGH and not cleared
         out.append(row)
     return out
 
 
 def markdown(table: list[dict], configs: list[str], header: str = "") -> str:
     lines = [header,
-             "| site | function | tolerance | " + " | ".join(f"worst @{c}" for c in configs) + " | margin | note |",
-             "|---|---|---|" + "---|" * len(configs) + "---|---|"]
+             "| site | function | tolerance | " + " | ".join(f"worst @{c}" for c in configs)
+             + " | same at every config | margin | note |",
+             "|---|---|---|" + "---|" * len(configs) + "---|---|---|"]
     for row in table:
         worst = [fmt(row["worst"].get(c)) for c in configs]
         if row["margin"] is None:
@@ -119,9 +149,12 @@ def markdown(table: list[dict], configs: list[str], header: str = "") -> str:
         else:
             m = ("inf" if math.isinf(row["margin"]) else f"{row['margin']:.3g}x") + (" **< 10x**" if row["flag"] else "")
         note = row["reading"]
+        if row.get("explained"):
+            note += ("; " if note else "") + "explained: " + row["explained"]
         wrong = [w for w in row["wrong"].values() if w[0] is not None]
         if wrong:
             note += f"; wrong answers: {wrong[0][1]} by {fmt(min(w[0] for w in wrong))}x"
         tolerance = row["tolerance"].replace("|", r"\|")
-        lines.append(f"| {row['site']} | {row['function']} | {tolerance} | {' | '.join(worst)} | {m} | {note} |")
+        same = "yes" if row.get("same_everywhere") else "no" if row["worst"] else "-"
+        lines.append(f"| {row['site']} | {row['function']} | {tolerance} | {' | '.join(worst)} | {same} | {m} | {note} |")
     return "\n".join(lines) + "\n"
