@@ -29,6 +29,7 @@ import time
 
 from common import runs  # standard library only, like this module
 from common.runs import runs_root
+from common.text_table import text_table
 from ml60.milestones import MILESTONES, PHASE_TITLES, Milestone, by_id, in_phase
 
 
@@ -151,7 +152,7 @@ def cmd_quickstart() -> int:
         used_stand_in = used_stand_in or data == "offline stand-in"
         rows.append((m.id, "FAILED (exit %d)" % code if code else key_figure_text(metrics), data,
                      f"{seconds:.0f}s", str(runs.run_path(m.id, quick=True)) + "/"))
-    print("\n" + _table(("milestone", "key figure", "data", "time", "output"), rows))
+    print("\n" + text_table(("milestone", "key figure", "data", "time", "output"), rows))
     if used_stand_in:
         print("\nSome milestones ran on an offline stand-in because the real dataset was not found. Put it in "
               "./data (or run with DATA_DIR=/path) for real figures (the README's Data section says which files go where).")
@@ -201,7 +202,7 @@ def cmd_progress() -> int:
             full_misses[m.id] = _full_run_misses(m, metrics)
         rows.append((m.id, m.days, exercises, f"{kind} {when}{more}", key_figure_text(metrics), verdict))
         notes += [(m.id, text) for text in _speed(m, metrics)]
-    print(_table(("milestone", "days", "exercises solved", "run", "key figure", "check"), rows))
+    print(text_table(("milestone", "days", "exercises solved", "run", "key figure", "check"), rows))
     if full_misses:
         print("\nA quick run is held to the quick targets: its own exercises must work and its figures must be "
               "possible on small data.\nOnly a full run (make <id>, on the real data) is held to the full targets; "
@@ -265,14 +266,6 @@ def _full_run_misses(m: Milestone, metrics: dict) -> list[str]:
     as_full = {**metrics, "quick": False, "data": {**metrics.get("data", {}), "real_data": True}}
     quick_problems = set(check(metrics))
     return [problem for problem in check(as_full) if problem not in quick_problems]
-
-
-def _table(header: tuple, rows: list[tuple]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format(*header), line.format(*("-" * w for w in widths))]
-    out += [line.format(*map(str, row)) for row in rows]
-    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

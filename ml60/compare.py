@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import runs
+from common.text_table import text_table
 
 CURVES = (("val_accuracy", "validation accuracy"), ("train_loss", "training loss"))
 IGNORED_ARGUMENTS = {"run_dir", "run_name", "data_dir", "device"}    # where, not what
@@ -115,11 +116,10 @@ def compare(milestone_id: str) -> int:
         print(f"no finished run of {milestone_id} in {runs.run_path(milestone_id)}/: run `make {milestone_id}` "
               f"(and `make {milestone_id} RUN=name ARGS='...'` for a run to compare it with)")
         return 1
-    from ml60.cli import _table
 
     header, rows = table_rows(found)
     print(f"{milestone_id}: {len(found)} finished run(s)\n")
-    print(_table(header, rows))
+    print(text_table(header, rows))
     if any(m.get("quick") for _, _, m in found) and any(not m.get("quick") for _, _, m in found):
         print("\nQuick runs train for seconds on a subset: compare full runs with full runs.")
     picture = runs.run_path(milestone_id) / "compare.png"

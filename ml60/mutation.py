@@ -60,6 +60,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.text_table import text_table
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
 PACKAGES = ("common", "ml60", "phase1_foundation", "phase2_depth", "phase3_production")
@@ -765,9 +767,7 @@ def table(record: dict) -> str:
                      percent(e["score_without_equivalent"]), e["seconds"]))
     rows.append(("all", total["mutants"], total["killed"], total["survived"], total["equivalent"],
                  percent(total["score"]), percent(total["score_without_equivalent"]), ""))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    out.insert(1, "  ".join("-" * w for w in widths))
+    out = text_table(rows[0], rows[1:]).splitlines()
     for e in entries.values():
         for s in e["not_killed"]:
             why = f"  [equivalent: {s['equivalent']}]" if s["equivalent"] else ""

@@ -152,3 +152,11 @@ def test_progress_says_which_targets_a_quick_run_is_not_held_to(tmp_path, monkey
     (tmp_path / "p1-refactor" / "quick" / "metrics.json").write_text(json.dumps(within))
     assert cli.main(["progress"]) == 0
     assert "p1-refactor: within the full targets too" in capsys.readouterr().out
+
+
+def test_text_table_pads_each_column_to_its_widest_cell():
+    from common.text_table import text_table
+
+    assert text_table(("id", "check"), [("p1-numpy", "PASS"), ("p2", None)]).splitlines() == [
+        "id        check", "--------  -----", "p1-numpy  PASS", "p2        None"]
+    assert text_table(("a", "bb"), []) == "a  bb\n-  --"
