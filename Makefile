@@ -130,7 +130,7 @@ mutate: $(TEST_STAMP)
 	@$(if $(M),true,$(PY) -m ml60.mutation)
 
 # The maintainer's audit of every float tolerance: the margin each leaves at 1, 2 and 4 threads and with
-# deterministic algorithms (tools/tolerance_audit; about an hour on 2 cores; DATA_DIR= adds the real-data tests).
+# deterministic algorithms (tools/tolerance_audit; 23 min on 2 cores with ARGS=--jobs 2; DATA_DIR= adds the real-data tests).
 audit-tolerances: $(TEST_STAMP)
 	$(PY) -m tools.tolerance_audit $(ARGS)
 
