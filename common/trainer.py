@@ -172,7 +172,7 @@ class Trainer:
         threads.  Left alive past ``destroy_process_group``, it is freed while
         the interpreter exits, and a rank can abort there ("terminate called
         without an active exception": 3 runs in 60 of tests/ddp_worker.py on two
-        busy cores, none in 50 after this).  On one process it does nothing;
+        busy cores, none in 170 after this).  On one process it does nothing;
         afterwards ``self.model`` is the plain model, so evaluation still works.
         """
         self.model = self.raw_model   # the wrapper's last reference: it is freed here, not at exit

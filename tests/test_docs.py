@@ -21,6 +21,7 @@ import pytest
 from ml60 import days as course
 
 ROOT = Path(__file__).resolve().parent.parent
+FIGURE_DOCS = (ROOT / "README.md", ROOT / "phase3_production" / "README.md", ROOT / "benchmarks" / "README.md")
 FIELDS = ("**Read:**", "**Write:**", "**Run:**", "**Expect:**", "**Question:**")
 
 
@@ -152,7 +153,7 @@ def test_the_hostile_upload_count_the_docs_state_is_the_list_the_self_test_sends
     settings = Settings()
     sent = len(bad_inputs.cases(settings.max_body_bytes, settings.max_batch_files, settings.max_pixels))
     stated = []
-    for doc in (ROOT / "README.md", ROOT / "phase3_production" / "README.md", ROOT / "benchmarks" / "README.md"):
+    for doc in FIGURE_DOCS:
         for line in doc.read_text(encoding="utf-8").splitlines():
             if line.startswith("| p3-serve") and "hostile" in line:
                 stated += [(doc.name, int(a)) for a, b in re.findall(r"(\d+) / (\d+) \|", line) if a == b and a != "500"]
@@ -182,18 +183,14 @@ def test_every_int8_and_distillation_figure_the_docs_state_is_in_benchmarks_resu
     """
     held = [n for name in RESULTS_BEHIND_COMPRESSION
             for n in _numbers(json.loads((ROOT / "benchmarks" / "results" / name).read_text()))]
-    percents = {f"{100 * n:.2f}" for n in held if 0 <= n <= 1}
-    ratios = {f"{n:.2f}" for n in held}
+    held_as = {"%": {f"{100 * n:.2f}" for n in held if 0 <= n <= 1}, "x": {f"{n:.2f}" for n in held}}
     stated, missing = 0, []
-    for doc in (ROOT / "README.md", ROOT / "phase3_production" / "README.md", ROOT / "benchmarks" / "README.md"):
+    for doc in FIGURE_DOCS:
         for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
             if not (re.search(r"INT8|int8", line) or line.startswith("| distill")):
                 continue
-            for figure in re.findall(r"(\d+\.\d\d)%", line):
+            for figure, unit in re.findall(r"(\d+\.\d\d)([%x])", line):
                 stated += 1
-                missing += [] if figure in percents else [f"{doc.name}:{number}: {figure}%"]
-            for figure in re.findall(r"(\d+\.\d\d)x", line):
-                stated += 1
-                missing += [] if figure in ratios else [f"{doc.name}:{number}: {figure}x"]
+                missing += [] if figure in held_as[unit] else [f"{doc.name}:{number}: {figure}{unit}"]
     assert stated > 40, f"only {stated} INT8 / distillation figures found in the docs: has the wording changed?"
     assert not missing, f"figures the docs state that benchmarks/results/ does not hold: {missing}"

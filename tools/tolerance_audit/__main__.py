@@ -12,9 +12,9 @@ The real-data tests run where ``ML60_DATA_DIR`` is set (``make audit-tolerances 
 By default every test runs except the stub proofs (they only re-run milestones
 whose checks the other tests already reach) and the scratch-clone test of the
 README's "Start here" (it clones the tree with git, and the spliced copy is not
-a repository; it holds no tolerance).  Each configuration's pytest output is
-kept beside its records (``<config>.log``), so a failure can be read afterwards.  Writes the table to ``--out``
-and the raw records beside it.
+a repository; it holds no tolerance).  Writes the table to ``--out`` and the
+raw records beside it; each configuration's pytest output is kept with its
+records (``<config>.log``), so a failure can be read afterwards.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def run_config(tree: Path, config: str, records: Path, pytest_args: list[str]) -
     print(f"[audit] {config}: pytest {' '.join(pytest_args)}", flush=True)
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "tests._tolprobe",
                            "-p", "no:cacheprovider", *pytest_args], cwd=tree, env=env, capture_output=True, text=True)
-    (records / f"{config}.log").write_text(done.stdout + done.stderr)
+    log = records / f"{config}.log"
+    log.write_text(done.stdout + done.stderr)
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     print(f"[audit] {config}: {summary} ({time.perf_counter() - start:.0f} s)", flush=True)
     return {"config": config, "exit": done.returncode, "summary": summary, "failed": failed,
-            "log": str(records / f"{config}.log"),
+            "log": str(log),
             "seconds": round(time.perf_counter() - start)}
 
 

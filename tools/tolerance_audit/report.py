@@ -113,16 +113,17 @@ def rows(sites: list[dict], per_config: dict[str, dict]) -> list[dict]:
         sid = str(site["id"])
         row = {"site": f"{site['file']}:{site['line']}", "function": site["function"], "text": site["text"],
                "tolerance": tolerance_text(site), "worst": {}, "margins": {}, "wrong": {}}
-        refs = [records.get(sid, {}).get("ref") for records in per_config.values()]
+        found = {config: records.get(sid, {}) for config, records in per_config.items()}
+        refs = [f.get("ref") for f in found.values()]
         row["same_everywhere"] = bool(refs[0]) and all(r == refs[0] for r in refs)
-        for config, records in per_config.items():
-            ref = records.get(sid, {}).get("ref")
+        for config, f in found.items():
+            ref = f.get("ref")
             key = "value" if site["kind"] == "compare" else "share"
             if ref and key in ref:
                 row["worst"][config] = ref["value"][1] if "value" in ref else None
             m, reading = margin(site, ref)
             row["margins"][config] = (m, reading)
-            wrong = records.get(sid, {}).get("wrong")
+            wrong = f.get("wrong")
             if wrong:
                 row["wrong"][config] = margin(site, wrong)
         numbers = [m for m, _ in row["margins"].values() if m is not None]
